@@ -1,0 +1,245 @@
+"""One Settings object for the whole server.
+
+Precedence, highest first: explicit values (CLI flags, ``build_app`` args) >
+``KRONK_*`` environment variables > the YAML config file > defaults. Every
+setting has one name in all three places: ``--models-dir`` / ``KRONK_MODELS_DIR``
+/ ``models_dir``. The config file is read in exactly one place:
+:func:`read_config_file`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+KV_CACHE_TYPES = ("f16", "bf16", "f32", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
+KVCacheType = Literal["f16", "bf16", "f32", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl"]
+FlashAttn = Literal["auto", "on", "off"]
+
+DEFAULT_MODEL = "gemma3-270m"
+
+# The config file path in force while a Settings object is being built (see load_settings).
+_config_path: ContextVar[Path | None] = ContextVar("kronk_config_path", default=None)
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("KRONK_HOME") or Path.home() / ".kronk").expanduser()
+
+
+class ModelConfig(BaseModel):
+    """One served model. Unset (None) engine fields inherit the server-wide defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="The id clients send as `model`.")
+    source: str | None = Field(
+        default=None,
+        description="Where the GGUF comes from: a catalog name, hf.co/<org>/<repo>/<file.gguf>, "
+        "hf.co/<org>/<repo>:<QUANT>, or a local .gguf path. Defaults to `name`.",
+    )
+    parallel: int | None = Field(default=None, ge=1, le=256, description="Sequence slots per replica.")
+    ctx_size: int | None = Field(default=None, ge=64, description="Context length of one slot, in tokens.")
+    kv_cache_type: KVCacheType | None = Field(default=None, description="KV cache type for K and V.")
+    cache_type_k: KVCacheType | None = Field(default=None, description="K cache type (overrides kv_cache_type).")
+    cache_type_v: KVCacheType | None = Field(default=None, description="V cache type (overrides kv_cache_type).")
+    flash_attn: FlashAttn | None = Field(default=None, description="Flash attention: auto, on or off.")
+    gpu_layers: int | None = Field(default=None, description="Layers offloaded to the GPU (-1: all).")
+    main_gpu: int | None = Field(default=None, ge=0, description="GPU used for the whole model or scratch.")
+    tensor_split: list[float] | None = Field(default=None, description="Fraction of the model per GPU.")
+    threads: int | None = Field(default=None, ge=1, description="Decode threads (default: physical cores).")
+    threads_batch: int | None = Field(default=None, ge=1, description="Prompt threads (default: threads).")
+    batch_size: int | None = Field(default=None, ge=16, description="Tokens per llama_decode call (n_batch).")
+    embedding: bool | None = Field(default=None, description="Serve as an embedding model.")
+    chat_template: str | None = Field(default=None, description="Jinja chat template overriding GGUF/catalog.")
+    # Ray Serve options
+    num_cpus: float | None = Field(default=None, ge=0, description="Ray CPUs per replica.")
+    num_gpus: float | None = Field(default=None, ge=0, description="Ray GPUs per replica (fractions allowed).")
+    resources: dict[str, float] | None = Field(default=None, description="Custom Ray resources per replica.")
+    min_replicas: int | None = Field(default=None, ge=0, description="Autoscaling lower bound.")
+    max_replicas: int | None = Field(default=None, ge=1, description="Autoscaling upper bound.")
+    initial_replicas: int | None = Field(default=None, ge=0, description="Replicas at start.")
+    target_ongoing_requests: float | None = Field(default=None, gt=0, description="Autoscaling target.")
+    max_ongoing_requests: int | None = Field(default=None, ge=1, description="Per-replica admission limit.")
+
+    @property
+    def model_source(self) -> str:
+        return self.source or self.name
+
+
+class Settings(BaseSettings):
+    """Server-wide settings. Field names are the config keys; flags and env vars derive from them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KRONK_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    home: Path = Field(default_factory=default_home, description="kronk's home folder (config, logs, models).")
+    models_dir: Path | None = Field(default=None, description="Where models are stored (default: <home>/models).")
+    host: str = Field(default="127.0.0.1", description="HTTP host to bind.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
+    address: str | None = Field(default=None, description="Ray cluster address to join (default: start one).")
+    hf_token: SecretStr | None = Field(default=None, description="Hugging Face token (also read from HF_TOKEN).")
+    hf_endpoint: str | None = Field(default=None, description="Hugging Face Hub endpoint (also HF_ENDPOINT).")
+    api_keys: list[SecretStr] = Field(default_factory=list, description="API keys required from non-local clients.")
+    log_level: str = Field(default="INFO", description="Log level.")
+
+    # Defaults for every model (a model's own field wins).
+    parallel: int = Field(default=4, ge=1, le=256, description="Sequence slots per replica.")
+    ctx_size: int = Field(default=8192, ge=64, description="Context length of one slot, in tokens.")
+    kv_cache_type: KVCacheType = Field(default="f16", description="KV cache type for K and V.")
+    flash_attn: FlashAttn = Field(default="auto", description="Flash attention: auto, on or off.")
+    gpu_layers: int = Field(default=-1, description="Layers offloaded to the GPU when one is used (-1: all).")
+    threads: int | None = Field(default=None, ge=1, description="Decode threads per replica.")
+    batch_size: int = Field(default=512, ge=16, description="Tokens per llama_decode call.")
+    min_replicas: int = Field(default=1, ge=0, description="Autoscaling lower bound per model.")
+    max_replicas: int = Field(default=1, ge=1, description="Autoscaling upper bound per model.")
+    target_ongoing_requests: float = Field(default=4.0, gt=0, description="Autoscaling target per replica.")
+    num_cpus: float = Field(default=1.0, ge=0, description="Ray CPUs per model replica.")
+    num_gpus: float = Field(default=0.0, ge=0, description="Ray GPUs per model replica.")
+
+    models: list[ModelConfig] = Field(
+        default_factory=lambda: [ModelConfig(name=DEFAULT_MODEL)], description="Models to serve."
+    )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_from_names(cls, v: Any) -> Any:
+        # `--model a --model b` / KRONK_MODELS=a,b give plain names.
+        if isinstance(v, str):
+            v = [s for s in re.split(r"[,\s]+", v) if s]
+        if isinstance(v, list):
+            return [{"name": m} if isinstance(m, str) else m for m in v]
+        return v
+
+    @field_validator("home", "models_dir", mode="after")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        return None if v is None else Path(os.path.abspath(Path(v).expanduser()))
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        if self.hf_token is None:
+            tok = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+            if tok:
+                self.hf_token = SecretStr(tok)
+        if self.hf_endpoint is None and os.environ.get("HF_ENDPOINT"):
+            self.hf_endpoint = os.environ["HF_ENDPOINT"]
+        names = [m.name for m in self.models]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(sorted(dupes))}")
+        return self
+
+    @property
+    def models_path(self) -> Path:
+        return self.models_dir or self.home / "models"
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def resolved_model(self, m: ModelConfig | str) -> ModelConfig:
+        """The model's config with every inheritable field filled from the server defaults."""
+        if isinstance(m, str):
+            m = self.model(m)
+        inherit = {
+            "parallel": self.parallel,
+            "ctx_size": self.ctx_size,
+            "kv_cache_type": self.kv_cache_type,
+            "flash_attn": self.flash_attn,
+            "gpu_layers": self.gpu_layers,
+            "threads": self.threads,
+            "batch_size": self.batch_size,
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.target_ongoing_requests,
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.num_gpus,
+        }
+        data = m.model_dump()
+        for k, v in inherit.items():
+            if data.get(k) is None:
+                data[k] = v
+        data["cache_type_k"] = data["cache_type_k"] or data["kv_cache_type"]
+        data["cache_type_v"] = data["cache_type_v"] or data["kv_cache_type"]
+        return ModelConfig(**data)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as plain data with secrets masked (safe to log or return)."""
+        d = self.model_dump(mode="json")
+        d["hf_token"] = "********" if self.hf_token else None
+        d["api_keys"] = ["********" for _ in self.api_keys]
+        return d
+
+    def to_args(self) -> dict[str, Any]:
+        """Every explicitly known value, secrets included, for passing to build_app / a Ray actor."""
+        d = self.model_dump(mode="json", exclude_none=True)
+        if self.hf_token:
+            d["hf_token"] = self.hf_token.get_secret_value()
+        d["api_keys"] = [k.get_secret_value() for k in self.api_keys]
+        return d
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _config_path.get()
+        return read_config_file(path) if path else {}
+
+
+def config_file_path(explicit: str | Path | None = None) -> Path | None:
+    """The config file in force: --config, else KRONK_CONFIG, else <home>/config.yaml if it exists."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get("KRONK_CONFIG"):
+        return Path(os.environ["KRONK_CONFIG"]).expanduser()
+    p = default_home() / "config.yaml"
+    return p if p.exists() else None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The only reader of the YAML config file."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError as e:
+        raise ValueError(f"config file not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of setting names to values")
+    return data
+
+
+def load_settings(overrides: dict[str, Any] | None = None, config: str | Path | None = None) -> Settings:
+    """Build Settings: overrides (flags) > KRONK_* env > config file > defaults."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    token = _config_path.set(config_file_path(config))
+    try:
+        return Settings(**overrides)
+    finally:
+        _config_path.reset(token)
