@@ -58,6 +58,9 @@ class ModelConfig(BaseModel):
     batch_size: int | None = Field(default=None, ge=16, description="Tokens per llama_decode call (n_batch).")
     embedding: bool | None = Field(default=None, description="Serve as an embedding model.")
     chat_template: str | None = Field(default=None, description="Jinja chat template overriding GGUF/catalog.")
+    batch_invariant: bool | None = Field(
+        default=None, description="Temperature-0 output independent of load (default on; off allows "
+        "repacked CPU weights).")
     # Ray Serve options
     num_cpus: float | None = Field(default=None, ge=0, description="Ray CPUs per replica.")
     num_gpus: float | None = Field(default=None, ge=0, description="Ray GPUs per replica (fractions allowed).")

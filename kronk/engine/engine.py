@@ -1,0 +1,394 @@
+"""The llama.cpp engine: one context, N sequence slots, one decode thread (continuous batching).
+
+Each step is one ``llama_decode`` holding the pending token of every generating
+slot plus chunks of waiting prompts. A prompt's last token is always evaluated in
+a step of its own, as a single row, exactly like a generated token: so a request
+computes the same logits whether its prompt came from the cache, from a long
+batch or alone, and temperature-0 output does not depend on what else runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import llama_cpp
+
+from kronk.engine.chat import ChatTemplate
+from kronk.engine.config import EngineConfig
+from kronk.engine.embeddings import EmbeddingRunner
+from kronk.engine.kvcache import BYTES_PER_ELEMENT, resolve_kv_types
+from kronk.engine.model import LlamaModel, physical_cores
+from kronk.engine.protocol import Engine, EngineStats, GenerationChunk, GenerationRequest
+from kronk.engine.sampling import SamplerChain
+from kronk.engine.slots import Job, Slot, SlotState
+from kronk.engine.text import StopMatcher
+from kronk.errors import ContextLengthExceeded, EngineError, InvalidRequest, KronkError, Unsupported
+
+log = logging.getLogger("kronk.engine")
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class LlamaEngine(Engine):
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        self.name = cfg.name
+        type_k, type_v, flash = resolve_kv_types(cfg.cache_type_k, cfg.cache_type_v, cfg.flash_attn)
+        self.model = LlamaModel(cfg.model_path, cfg.gpu_layers, cfg.main_gpu, cfg.tensor_split,
+                                repack=not cfg.batch_invariant)
+        self.threads = cfg.threads or physical_cores()
+        self.embedding_only = cfg.embedding if cfg.embedding is not None else self.model.is_embedding_model
+        src = cfg.chat_template or self.model.chat_template
+        m = self.model
+        self.template = ChatTemplate(src, m.token_text(m.bos) if m.bos >= 0 else "",
+                                     m.token_text(m.eos) if m.eos >= 0 else "") if src else None
+        self._eog = m.eog_tokens()
+        self._embedder = EmbeddingRunner(m, self.threads, cfg.embedding_ctx, pooled_model=self.embedding_only)
+
+        # counters
+        self.n_requests = self.n_prompt = self.n_reused = self.n_completion = 0
+        self.ctx = None
+        self.slots: list[Slot] = []
+        if self.embedding_only:
+            return
+
+        ctx_slot = cfg.ctx_size
+        if m.n_ctx_train > 0:
+            ctx_slot = min(ctx_slot, m.n_ctx_train)
+        p = llama_cpp.llama_context_default_params()
+        p.n_ctx = ctx_slot * cfg.parallel
+        p.n_batch = cfg.batch_size
+        p.n_ubatch = min(cfg.batch_size, 512)
+        p.n_seq_max = cfg.parallel
+        p.n_threads = self.threads
+        p.n_threads_batch = cfg.threads_batch or self.threads
+        p.type_k, p.type_v, p.flash_attn_type = type_k, type_v, flash
+        p.swa_full = cfg.swa_full
+        p.kv_unified = False
+        p.no_perf = True
+        p.embeddings = False
+        self.ctx = llama_cpp.llama_init_from_model(m.ptr, p)
+        if not self.ctx:
+            m.close()
+            raise EngineError(
+                f"llama.cpp could not create a context for {cfg.name} (ctx_size={cfg.ctx_size} x parallel="
+                f"{cfg.parallel}, KV {cfg.cache_type_k}/{cfg.cache_type_v}): not enough memory, or a KV type "
+                "this model/backend does not support"
+            )
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self.n_ctx_slot = llama_cpp.llama_n_ctx_seq(self.ctx)
+        self.n_batch = llama_cpp.llama_n_batch(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.slots = [Slot(i) for i in range(cfg.parallel)]
+        self._kv_bytes_per_cell = self._estimate_kv_bytes_per_cell()
+
+        self._incoming: collections.deque[Job] = collections.deque()
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=f"kronk-decode-{cfg.name}", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ public API
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self.model.tokenize(text, add_special, parse_special)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.model.detokenize(tokens)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], tools: list[dict] | None = None,
+                            add_generation_prompt: bool = True, **kwargs: Any) -> str:
+        if self.template is None:
+            raise Unsupported(f"model {self.name} has no chat template; use /v1/completions or configure "
+                              "chat_template for it", param="model")
+        return self.template.render(messages, tools, add_generation_prompt, **kwargs)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        job = self._make_job(request)
+        self._submit(job)
+        done = False
+        try:
+            while True:
+                items = [await job.queue.get()]
+                while not job.queue.empty():
+                    items.append(job.queue.get_nowait())
+                chunk = GenerationChunk()
+                for it in items:
+                    if isinstance(it, BaseException):
+                        done = True
+                        raise it
+                    chunk.text += it.text
+                    chunk.token_ids.extend(it.token_ids)
+                    if it.finish_reason:
+                        chunk.finish_reason, chunk.usage, chunk.timings = it.finish_reason, it.usage, it.timings
+                if chunk.finish_reason:
+                    done = True
+                    yield chunk
+                    return
+                yield chunk
+        finally:
+            if not done:
+                job.cancelled = True
+                with self._cv:
+                    self._cv.notify()
+
+    async def embed(self, inputs: list[str] | list[list[int]], normalize: bool = True) -> tuple[list[list[float]], int]:
+        return await asyncio.to_thread(self._embedder.embed, inputs, normalize)
+
+    def stats(self) -> EngineStats:
+        used = sum(s.n_past for s in self.slots)
+        total = self.n_ctx_slot * len(self.slots) if self.slots else 0
+        return EngineStats(
+            model=self.name, n_slots=len(self.slots), n_ctx_slot=getattr(self, "n_ctx_slot", 0),
+            active=sum(s.state is not SlotState.IDLE for s in self.slots),
+            waiting=len(getattr(self, "_waiting", ())) + len(getattr(self, "_incoming", ())),
+            kv_cells_used=used, kv_cells_total=total,
+            kv_bytes=int(total * getattr(self, "_kv_bytes_per_cell", 0)),
+            prompt_tokens=self.n_prompt, prompt_tokens_reused=self.n_reused, completion_tokens=self.n_completion,
+            requests=self.n_requests, slots=[s.describe() for s in self.slots],
+        )
+
+    def seq_state_bytes(self, slot_id: int) -> int:
+        """Bytes of the KV data a slot holds now (measured by llama.cpp's state writer)."""
+        return int(llama_cpp.llama_state_seq_get_size(self.ctx, slot_id))
+
+    def close(self) -> None:
+        if self.ctx is not None:
+            with self._cv:
+                self._stop = True
+                self._cv.notify()
+            self._thread.join(timeout=30)
+            llama_cpp.llama_batch_free(self.batch)
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        self._embedder.close()
+        self.model.close()
+
+    # ------------------------------------------------------------------ submission
+    def _make_job(self, request: GenerationRequest) -> Job:
+        if self.embedding_only:
+            raise Unsupported(f"model {self.name} is an embedding model; use /v1/embeddings", param="model")
+        if isinstance(request.prompt, str):
+            prompt = self.model.tokenize(request.prompt, request.add_special, request.parse_special)
+        else:
+            prompt = list(request.prompt)
+            bad = [t for t in prompt if not 0 <= t < self.model.n_vocab]
+            if bad:
+                raise InvalidRequest(f"prompt token id {bad[0]} is outside the vocabulary", param="prompt")
+        if not prompt:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        if len(prompt) >= self.n_ctx_slot:
+            raise ContextLengthExceeded(len(prompt), self.n_ctx_slot)
+        if request.max_tokens is not None and request.max_tokens < 1:
+            raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
+        return Job(request=request, prompt=prompt, loop=asyncio.get_running_loop(), queue=asyncio.Queue())
+
+    def _submit(self, job: Job) -> None:
+        with self._cv:
+            if self._stop:
+                raise EngineError("the engine is shut down")
+            self._incoming.append(job)
+            self._cv.notify()
+
+    # ------------------------------------------------------------------ decode thread
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not self._incoming and not self._has_work():
+                    self._cv.wait(timeout=1.0)
+                if self._stop:
+                    break
+                self._waiting.extend(self._incoming)
+                self._incoming.clear()
+            try:
+                self._drop_cancelled()
+                self._admit()
+                if self._has_work():
+                    self._step()
+            except Exception as e:  # never let the loop die: fail the running jobs, keep serving
+                log.exception("decode step failed")
+                self._fail_active(EngineError(f"generation failed: {e}"))
+        for s in self.slots:
+            if s.job:
+                s.job.push(EngineError("the engine was shut down"))
+                self._release(s)
+        for job in self._waiting:
+            job.push(EngineError("the engine was shut down"))
+
+    def _has_work(self) -> bool:
+        return any(s.state is not SlotState.IDLE for s in self.slots) or bool(self._waiting)
+
+    def _drop_cancelled(self) -> None:
+        if any(j.cancelled for j in self._waiting):
+            self._waiting = collections.deque(j for j in self._waiting if not j.cancelled)
+        for s in self.slots:
+            if s.job is not None and s.job.cancelled:
+                self._release(s)
+
+    def _admit(self) -> None:
+        while self._waiting:
+            idle = [s for s in self.slots if s.state is SlotState.IDLE]
+            if not idle:
+                return
+            job = self._waiting.popleft()
+            best = max(idle, key=lambda s: (common_prefix(s.cache, job.prompt), -s.last_used))
+            try:
+                self._start(best, job)
+            except KronkError as e:
+                job.free_samplers()
+                job.push(e)
+
+    def _start(self, slot: Slot, job: Job) -> None:
+        req, m = job.request, self.model
+        suppress = self._eog if req.ignore_eos else None
+        job.chain = SamplerChain(m.vocab, m.n_vocab, req.sampling, suppress_tokens=suppress)
+        if req.min_tokens > 0 and not req.ignore_eos:
+            job.min_chain = SamplerChain(m.vocab, m.n_vocab, req.sampling, suppress_tokens=self._eog)
+        job.stopper = StopMatcher(req.stop) if req.stop else None
+        reuse = min(common_prefix(slot.cache, job.prompt), len(job.prompt) - 1)
+        if reuse < slot.n_past and not llama_cpp.llama_memory_seq_rm(self.mem, slot.id, reuse, -1):
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.id, 0, -1)
+            reuse = 0
+        del slot.cache[reuse:]
+        slot.job, job.n_reused, job.started = job, reuse, time.perf_counter()
+        slot.pending = job.prompt[reuse:]
+        self._advance_prefill(slot)
+        self.n_requests += 1
+        self.n_prompt += len(job.prompt)
+        self.n_reused += reuse
+
+    @staticmethod
+    def _advance_prefill(slot: Slot) -> None:
+        if len(slot.pending) <= 1:
+            slot.next_token = slot.pending.pop()
+            slot.state = SlotState.GENERATING
+        else:
+            slot.state = SlotState.PREFILL
+
+    def _add(self, n: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        b = self.batch
+        b.token[n] = token
+        b.pos[n] = pos
+        b.n_seq_id[n] = 1
+        b.seq_id[n][0] = seq
+        b.logits[n] = logits
+
+    def _step(self) -> None:
+        gen = [s for s in self.slots if s.state is SlotState.GENERATING]
+        if gen:
+            for n, s in enumerate(gen):
+                self._add(n, s.next_token, s.n_past, s.id, True)
+                s.row = n
+            self._decode(len(gen))
+            for s in gen:  # sample now: the prompt decodes below overwrite the logits
+                s.cache.append(s.next_token)
+                self._sample(s)
+            for s in gen:
+                if s.job is not None:
+                    s.job.flush()
+        # Prompts are evaluated one sequence per llama_decode, in chunks on a fixed grid of
+        # positions (multiples of prefill_chunk): a token is then always computed in the same
+        # company, whatever else runs, so outputs do not depend on concurrency.
+        budget = self.cfg.prefill_chunk if gen else self.n_batch
+        grid = self.cfg.prefill_chunk
+        for s in sorted((s for s in self.slots if s.state is SlotState.PREFILL), key=lambda s: s.job.started):
+            while s.state is SlotState.PREFILL and budget > 0:
+                pos = s.n_past
+                take = min(grid - pos % grid, len(s.pending) - 1)
+                for i in range(take):
+                    self._add(i, s.pending[i], pos + i, s.id, False)
+                self._decode(take)
+                s.cache.extend(s.pending[:take])
+                del s.pending[:take]
+                self._advance_prefill(s)
+                budget -= take
+            if budget <= 0:
+                break
+
+    def _decode(self, n: int) -> None:
+        self.batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self.ctx, self.batch)
+        if rc != 0:
+            raise EngineError(f"llama_decode returned {rc}")
+
+    def _sample(self, s: Slot) -> None:
+        job = s.job
+        assert job is not None and job.chain is not None
+        if job.min_chain is not None and job.n_gen < job.request.min_tokens:
+            tok = job.min_chain.sample(self.ctx, s.row)
+            job.chain.accept(tok)
+        else:
+            tok = job.chain.sample(self.ctx, s.row)
+        now = time.perf_counter()
+        if job.n_gen == 0:
+            job.first_token = now
+        job.n_gen += 1
+        self.n_completion += 1
+        req = job.request
+        if (self.model.is_eog(tok) and not req.ignore_eos) or tok in req.stop_token_ids:
+            self._finish(s, "stop", tail=True)
+            return
+        job.out_tokens.append(tok)
+        text = job.decoder.feed(self.model.piece(tok))
+        if job.stopper is not None:
+            text, hit = job.stopper.feed(text)
+            if hit:
+                job.out_text.append(text)
+                self._finish(s, "stop", tail=False)
+                return
+        job.out_text.append(text)
+        if (req.max_tokens is not None and job.n_gen >= req.max_tokens) or s.n_past + 1 >= self.n_ctx_slot:
+            self._finish(s, "length", tail=True)
+        else:
+            s.next_token = tok
+
+    def _finish(self, s: Slot, reason: str, tail: bool) -> None:
+        job = s.job
+        assert job is not None
+        if tail:
+            rest = job.decoder.flush()
+            if job.stopper is not None:
+                text, hit = job.stopper.feed(rest)
+                rest = text if hit else text + job.stopper.flush()
+            job.out_text.append(rest)
+        n_past = s.n_past
+        self._release(s)  # free the slot before the caller hears of the end
+        job.flush(reason, context_tokens=n_past)
+
+    def _release(self, s: Slot) -> None:
+        if s.job is not None:
+            s.job.free_samplers()
+        s.job = None
+        s.pending = []
+        s.state = SlotState.IDLE
+        s.last_used = time.monotonic()
+
+    def _fail_active(self, err: EngineError) -> None:
+        for s in self.slots:
+            if s.job is not None:
+                s.job.push(err)
+                self._release(s)
+            llama_cpp.llama_memory_seq_rm(self.mem, s.id, 0, -1)
+            s.cache.clear()
+
+    def _estimate_kv_bytes_per_cell(self) -> float:
+        m = self.model
+        arch = m.architecture
+        n_layer = llama_cpp.llama_model_n_layer(m.ptr)
+        n_head_kv = int(m.meta(f"{arch}.attention.head_count_kv") or llama_cpp.llama_model_n_head_kv(m.ptr))
+        k_len = int(m.meta(f"{arch}.attention.key_length") or m.n_embd // max(1, llama_cpp.llama_model_n_head(m.ptr)))
+        v_len = int(m.meta(f"{arch}.attention.value_length") or k_len)
+        return n_layer * n_head_kv * (k_len * BYTES_PER_ELEMENT[self.cfg.cache_type_k]
+                                      + v_len * BYTES_PER_ELEMENT[self.cfg.cache_type_v])

@@ -1,0 +1,136 @@
+"""The engine's contract: what goes in, what comes out.
+
+``Engine.generate(request)`` is an async iterator of :class:`GenerationChunk`:
+
+* while streaming, each chunk carries the text produced since the previous chunk
+  (``text``, possibly empty) and the new token ids (``token_ids``); text is never
+  split inside a UTF-8 character and never contains (part of) a stop string;
+* the last chunk has ``finish_reason`` set (``"stop"``: end-of-generation token or a
+  stop string; ``"length"``: ``max_tokens`` reached or the slot's context is full;
+  ``"cancelled"`` is never yielded: a consumer that stops iterating cancels) and
+  ``usage`` filled in;
+* errors in the request (a prompt longer than the context, a bad grammar) are
+  raised as :class:`kronk.errors.KronkError` subclasses before the first chunk;
+  an engine failure mid-stream is raised from the iterator.
+
+Chunks are small dataclasses so they pickle cheaply across a Ray handle.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class SamplingParams:
+    """Sampling knobs; all sampling runs in llama.cpp's sampler chain."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: str | None = None  # GBNF source, root rule "root"
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class GenerationRequest:
+    """One generation. ``prompt`` is text (tokenized with the model's BOS rules) or token ids."""
+
+    prompt: str | list[int]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int | None = None  # None: until the slot's context is full
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    request_id: str = ""
+    add_special: bool = True  # prepend BOS for text prompts when the model wants one
+    parse_special: bool = True  # read special-token markup in text prompts
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens reused from the slot's KV cache
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Timings:
+    queue_s: float = 0.0  # waiting for a slot
+    prefill_s: float = 0.0  # slot assigned -> first token
+    ttft_s: float = 0.0  # submitted -> first token
+    decode_s: float = 0.0  # first token -> last token
+    context_tokens: int = 0  # tokens in the slot's context at the end
+
+
+@dataclass
+class GenerationChunk:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    timings: Timings | None = None
+
+
+@dataclass
+class EngineStats:
+    model: str
+    n_slots: int
+    n_ctx_slot: int
+    active: int
+    waiting: int
+    kv_cells_used: int
+    kv_cells_total: int
+    kv_bytes: int
+    prompt_tokens: int
+    prompt_tokens_reused: int
+    completion_tokens: int
+    requests: int
+    slots: list[dict[str, Any]]
+
+
+class Engine(abc.ABC):
+    """One model, one context, N sequence slots, one decode loop."""
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream a generation (see the module docstring for the contract)."""
+
+    @abc.abstractmethod
+    async def embed(self, inputs: list[str] | list[list[int]], normalize: bool = True) -> tuple[list[list[float]], int]:
+        """Pooled (and by default L2-normalised) embeddings, in input order, and the tokens used."""
+
+    @abc.abstractmethod
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Token ids of text."""
+
+    @abc.abstractmethod
+    def apply_chat_template(self, messages: list[dict[str, Any]], tools: list[dict] | None = None,
+                            add_generation_prompt: bool = True, **kwargs: Any) -> str:
+        """The prompt text for a chat."""
+
+    @abc.abstractmethod
+    def stats(self) -> EngineStats:
+        """Counters and slot states."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop the decode loop and free llama.cpp resources."""
