@@ -1,0 +1,223 @@
+"""The llama.cpp engine on the real default model (Gemma 3 270M) and SmolLM2."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import jsonschema
+import pytest
+
+from kronk.engine import EngineConfig, GenerationRequest, SamplingParams
+from kronk.engine.engine import LlamaEngine
+from kronk.engine.grammar import json_object_grammar, json_schema_grammar
+from kronk.errors import ContextLengthExceeded, InvalidRequest
+from kronk.settings import KV_CACHE_TYPES
+from tests.models import gemma_path, smollm_path
+
+PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "List of fruits:",
+           "import numpy as np\n", "Dear Sir,", "1, 2, 3, 4,", "The best way to learn"]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    e = LlamaEngine(EngineConfig(model_path=gemma_path(), name="gemma3-270m", parallel=4, ctx_size=1024,
+                                 chat_template="gemma"))
+    yield e
+    e.close()
+
+
+async def run(engine, prompt, **kw):
+    sampling = kw.pop("sampling", SamplingParams(temperature=0.0))
+    req = GenerationRequest(prompt=prompt, sampling=sampling, **kw)
+    text, tokens, last, chunks = "", [], None, []
+    async for c in engine.generate(req):
+        text += c.text
+        tokens += c.token_ids
+        chunks.append(c)
+        last = c
+    return text, tokens, last, chunks
+
+
+async def wait_idle(engine, timeout=10.0):
+    for _ in range(int(timeout / 0.02)):
+        if engine.stats().active == 0:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_concurrent_generations_equal_runs_alone(engine):
+    alone = [(await run(engine, p, max_tokens=40))[1] for p in PROMPTS]
+    together = await asyncio.gather(*[run(engine, p, max_tokens=40) for p in PROMPTS])
+    assert [t[1] for t in together] == alone
+    # and a repeat alone, now with the prompts' prefixes cached in the slots
+    again = [(await run(engine, p, max_tokens=40))[1] for p in PROMPTS]
+    assert again == alone
+    assert all(len(t) == 40 for t in alone)
+
+
+async def test_usage_and_finish_reasons(engine):
+    text, tokens, last, _ = await run(engine, "Hello there", max_tokens=5)
+    assert last.finish_reason == "length"
+    assert last.usage.completion_tokens == 5 == len(tokens)
+    assert last.usage.prompt_tokens == len(engine.tokenize("Hello there"))
+    assert text == engine.detokenize(tokens)
+
+
+async def test_stop_string_split_across_tokens(engine):
+    text, tokens, _, _ = await run(engine, "Once upon a time", max_tokens=40)
+    # a stop string made of the end of one token and the start of the next
+    pieces = [engine.model.piece(t).decode("utf-8", "replace") for t in tokens]
+    k = next(i for i in range(3, len(pieces) - 1) if len(pieces[i]) >= 2 and len(pieces[i + 1]) >= 2)
+    stop = pieces[k][-2:] + pieces[k + 1][:2]
+    expected = text[: text.index(stop)]
+    got, _, last, chunks = await run(engine, "Once upon a time", max_tokens=40, stop=[stop])
+    assert last.finish_reason == "stop"
+    assert got == expected
+    assert all(stop not in c.text for c in chunks)
+
+
+async def test_cancellation_frees_the_slot(engine):
+    gen = engine.generate(GenerationRequest(prompt="Write a very long story:", sampling=SamplingParams(temperature=0)))
+    got = 0
+    async for _ in gen:
+        got += 1
+        if got == 3:
+            break
+    await gen.aclose()
+    assert await wait_idle(engine), engine.stats()
+    _, tokens, last, _ = await run(engine, "Next request", max_tokens=3)
+    assert len(tokens) == 3
+
+
+async def test_second_chat_turn_prefills_only_new_tokens(engine):
+    msgs = [{"role": "user", "content": "Tell me about the sea."}]
+    p1 = engine.apply_chat_template(msgs)
+    a1, _, l1, _ = await run(engine, p1, max_tokens=30)
+    msgs += [{"role": "assistant", "content": a1}, {"role": "user", "content": "And the mountains?"}]
+    p2 = engine.apply_chat_template(msgs)
+    n1, n2 = len(engine.tokenize(p1)), len(engine.tokenize(p2))
+    before = engine.stats()
+    _, _, l2, _ = await run(engine, p2, max_tokens=10)
+    after = engine.stats()
+    assert l2.usage.prompt_tokens == n2
+    assert l2.usage.cached_tokens >= n1 - 1  # the whole first turn came from the cache
+    assert after.prompt_tokens_reused - before.prompt_tokens_reused == l2.usage.cached_tokens
+    assert n2 - l2.usage.cached_tokens < n2 - n1 + 8  # only (about) the new turn was prefilled
+
+
+@pytest.mark.parametrize("kv", KV_CACHE_TYPES)
+async def test_every_kv_cache_type_loads_and_generates(kv):
+    e = LlamaEngine(EngineConfig(model_path=gemma_path(), parallel=1, ctx_size=256, cache_type_k=kv, cache_type_v=kv))
+    try:
+        text, tokens, last, _ = await run(e, "The capital of France is", max_tokens=8)
+        assert len(tokens) == 8 and text.strip()
+        assert e.stats().kv_bytes > 0
+    finally:
+        e.close()
+
+
+def test_quantized_v_without_flash_attention_is_refused():
+    with pytest.raises(InvalidRequest, match="flash attention"):
+        LlamaEngine(EngineConfig(model_path=gemma_path(), parallel=1, ctx_size=256,
+                                 cache_type_v="q4_0", flash_attn="off"))
+
+
+async def test_q8_kv_holds_about_half_the_bytes_of_f16():
+    sizes = {}
+    for kv in ("f16", "q8_0"):
+        e = LlamaEngine(EngineConfig(model_path=gemma_path(), parallel=1, ctx_size=512, cache_type_k=kv,
+                                     cache_type_v=kv))
+        try:
+            await run(e, "The capital of France is Paris. " * 20, max_tokens=2)
+            sizes[kv] = e.seq_state_bytes(0)
+        finally:
+            e.close()
+    assert 0.45 < sizes["q8_0"] / sizes["f16"] < 0.6
+
+
+async def test_multibyte_utf8_output_is_intact(engine):
+    prompt = "Emoji row: 😀🎉🚀😀🎉🚀😀🎉🚀😀🎉🚀😀🎉🚀"
+    text, tokens, _, chunks = await run(engine, prompt, max_tokens=24)
+    assert any(ord(ch) > 0xFFFF for ch in text), text  # it kept writing 4-byte characters
+    assert "\ufffd" not in text
+    assert all("\ufffd" not in c.text for c in chunks)
+    assert text == engine.detokenize(tokens)
+
+
+async def test_json_object_grammar_output_parses(engine):
+    prompt = 'Cat: {"name": "Tom", "age": 3}\nDog: {"name": "Rex", "age": 5}\nBird:'
+    text, _, last, _ = await run(engine, prompt, max_tokens=120,
+                                 sampling=SamplingParams(temperature=0, grammar=json_object_grammar()))
+    assert last.finish_reason == "stop"
+    assert isinstance(json.loads(text), dict)
+
+
+async def test_json_schema_grammar_output_matches_schema(engine):
+    schema = {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 12}, "color": {"enum": ["red", "green", "blue"]},
+        "happy": {"type": "boolean"}}, "required": ["name", "color", "happy"], "additionalProperties": False}
+    text, _, _, _ = await run(engine, 'Cat: {"name": "Tom", "color": "red", "happy": true}\nDog:', max_tokens=80,
+                              sampling=SamplingParams(temperature=0, grammar=json_schema_grammar(schema)))
+    jsonschema.validate(json.loads(text), schema)
+
+
+async def test_prompt_longer_than_context_is_rejected(engine):
+    with pytest.raises(ContextLengthExceeded, match="maximum context length is 1024"):
+        await run(engine, "word " * 2000, max_tokens=4)
+    assert (await run(engine, "still works", max_tokens=2))[2].usage.completion_tokens == 2
+
+
+async def test_generation_stops_with_length_when_context_is_full():
+    e = LlamaEngine(EngineConfig(model_path=gemma_path(), parallel=1, ctx_size=64))
+    try:
+        _, tokens, last, _ = await run(e, "Count: 1, 2, 3,", ignore_eos=True)
+        assert last.finish_reason == "length"
+        assert last.usage.prompt_tokens + last.usage.completion_tokens == 64
+    finally:
+        e.close()
+
+
+async def test_min_tokens_and_ignore_eos(engine):
+    _, tokens, last, _ = await run(engine, "Hi", max_tokens=50, min_tokens=50, ignore_eos=True)
+    assert len(tokens) == 50 and last.finish_reason == "length"
+    eog = set(engine._eog)
+    assert not eog & set(tokens)
+
+
+async def test_seeded_sampling_is_reproducible(engine):
+    s = SamplingParams(temperature=1.0, top_k=40, top_p=0.95, seed=1234)
+    a = (await run(engine, "Once upon a time", max_tokens=30, sampling=s))[1]
+    b = (await run(engine, "Once upon a time", max_tokens=30, sampling=s))[1]
+    c = (await run(engine, "Once upon a time", max_tokens=30,
+                   sampling=SamplingParams(temperature=1.0, seed=99)))[1]
+    assert a == b
+    assert a != c
+
+
+async def test_logit_bias_bans_a_token(engine):
+    _, tokens, _, _ = await run(engine, "The capital of France is", max_tokens=10)
+    banned = tokens[0]
+    _, tokens2, _, _ = await run(engine, "The capital of France is", max_tokens=10,
+                                 sampling=SamplingParams(temperature=0, logit_bias={banned: float("-inf")}))
+    assert banned not in tokens2
+
+
+async def test_embeddings_are_normalised_and_ordered(engine):
+    vecs, n = await engine.embed(["the cat sat", "a dog ran", "the cat sat"])
+    assert len(vecs) == 3 and n > 0
+    assert all(abs(sum(x * x for x in v) - 1.0) < 1e-4 for v in vecs)
+    assert vecs[0] == pytest.approx(vecs[2], abs=1e-6)
+    assert vecs[0] != pytest.approx(vecs[1], abs=1e-3)
+
+
+async def test_gguf_chat_template_is_used_when_present():
+    e = LlamaEngine(EngineConfig(model_path=smollm_path(), parallel=2, ctx_size=512))
+    try:
+        prompt = e.apply_chat_template([{"role": "user", "content": "Hi"}])
+        assert "<|im_start|>user" in prompt and prompt.rstrip().endswith("assistant")
+        text, _, last, _ = await run(e, prompt, max_tokens=20)
+        assert last.finish_reason in ("stop", "length") and "<|im_end|>" not in text
+    finally:
+        e.close()
