@@ -1,0 +1,31 @@
+"""create_app(backend): the FastAPI application every front end (Serve ingress, in-process) uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from kronk import __version__
+from kronk.api import errors, openai
+from kronk.api.backend import Backend
+
+
+def create_app(backend: Backend | None = None, extra_routers: list[Any] | None = None) -> FastAPI:
+    app = FastAPI(title="kronk", version=__version__, description="Local LLM model server (OpenAI-compatible)")
+    app.state.backend = backend
+    errors.install(app)
+    openai.attach(app)
+
+    @app.get("/health")
+    async def health(request: Request) -> dict[str, Any]:
+        ids = await request.app.state.backend.model_ids()
+        return {"status": "ok", "models": ids}
+
+    @app.get("/v1/stats")
+    async def stats(request: Request) -> dict[str, Any]:
+        return await request.app.state.backend.stats()
+
+    for r in extra_routers or []:
+        app.include_router(r)
+    return app

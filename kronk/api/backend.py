@@ -1,0 +1,67 @@
+"""What the HTTP routes talk to: a Backend finds a model and streams its items.
+
+The Ray Serve ingress implements it over deployment handles
+(``deployments/ingress.py``); :class:`LocalBackend` implements it in-process over
+``ModelService`` objects (benchmarks, single-process use, fast API tests).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kronk.api.service import ItemT, ModelService
+
+
+@dataclass
+class RequestContext:
+    """The small, picklable part of an HTTP request that crosses into a replica."""
+
+    request_id: str
+    traceparent: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    async def model_ids(self) -> list[str]:
+        """Ids of the models that can be asked for now."""
+
+    async def model_cards(self) -> list[dict[str, Any]]:
+        """OpenAI model objects, with kronk's extra fields."""
+
+    def stream(self, model: str, kind: str, body: dict[str, Any], ctx: RequestContext) -> AsyncIterator[ItemT]:
+        """Items of one request (see ModelService.run)."""
+
+    async def stats(self) -> dict[str, Any]:
+        """Per-model statistics."""
+
+
+def model_card(model_id: str, created: int, **extra: Any) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "kronk", **extra}
+
+
+class LocalBackend:
+    def __init__(self, services: dict[str, ModelService]):
+        self.services = services
+        self.created = int(time.time())
+
+    async def model_ids(self) -> list[str]:
+        return list(self.services)
+
+    async def model_cards(self) -> list[dict[str, Any]]:
+        return [model_card(mid, self.created) for mid in self.services]
+
+    async def stream(self, model: str, kind: str, body: dict[str, Any], ctx: RequestContext) -> AsyncIterator[ItemT]:
+        gen = self.services[model].run(kind, body)
+        try:
+            async for item in gen:
+                yield item
+        finally:
+            await gen.aclose()
+
+    async def stats(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {"models": {mid: asdict(s.engine.stats()) for mid, s in self.services.items()}}

@@ -1,0 +1,84 @@
+"""Every error as the OpenAI envelope ``{"error": {"message", "type", "param", "code"}}``."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kronk.errors import ErrorKind, KronkError
+
+log = logging.getLogger("kronk.api")
+
+
+def envelope(status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, headers=headers,
+                        content={"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The original error behind a wrapper (Ray wraps replica exceptions in RayTaskError)."""
+    seen = 0
+    while seen < 5 and getattr(exc, "cause", None) is not None and not isinstance(exc, KronkError):
+        exc = exc.cause  # type: ignore[assignment]
+        seen += 1
+    return exc
+
+
+def kronk_error_response(exc: KronkError) -> JSONResponse:
+    return envelope(exc.kind.status, exc.message, exc.kind.type, exc.param, exc.code)
+
+
+def validation_response(errors: list[dict]) -> JSONResponse:
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    # drop pydantic's union-branch names (e.g. "str", "list[...]") from the path
+    loc = [p for p in loc if not any(ch in p for ch in "[]") and p not in ("str", "int", "float", "bool")]
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid value")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    text = f"{param}: {msg}" if param else msg
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    code = "missing_required_parameter" if first.get("type") == "missing" else "invalid_value"
+    return envelope(400, text, ErrorKind.INVALID_REQUEST.type, param, code)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(KronkError)
+    async def _kronk(_: Request, exc: KronkError) -> JSONResponse:
+        return kronk_error_response(exc)
+
+    @app.exception_handler(ValidationError)
+    async def _pydantic(_: Request, exc: ValidationError) -> JSONResponse:
+        return validation_response(exc.errors())
+
+    @app.exception_handler(RequestValidationError)
+    async def _fastapi(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_response(list(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        msg = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404 and msg == "Not Found":
+            msg = "no such endpoint; see /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings"
+        return envelope(exc.status_code, msg, type_, None, None, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _any(_: Request, exc: Exception) -> JSONResponse:
+        inner = unwrap(exc)
+        if isinstance(inner, KronkError):
+            return kronk_error_response(inner)
+        if isinstance(inner, ValidationError):
+            return validation_response(inner.errors())
+        ref = uuid.uuid4().hex[:12]
+        log.exception("internal error %s", ref)
+        return envelope(500, f"internal server error (reference {ref})", "server_error", None, "internal_error")
