@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from kronk import __version__
 from kronk.api import errors, openai
 from kronk.api.backend import Backend
+from kronk.api.openai import backend_of
 
 
 def create_app(backend: Backend | None = None, extra_routers: list[Any] | None = None) -> FastAPI:
@@ -19,12 +20,12 @@ def create_app(backend: Backend | None = None, extra_routers: list[Any] | None =
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:
-        ids = await request.app.state.backend.model_ids()
+        ids = await backend_of(request).model_ids()
         return {"status": "ok", "models": ids}
 
     @app.get("/v1/stats")
     async def stats(request: Request) -> dict[str, Any]:
-        return await request.app.state.backend.stats()
+        return await backend_of(request).stats()
 
     for r in extra_routers or []:
         app.include_router(r)

@@ -38,6 +38,22 @@ class Backend(Protocol):
         """Per-model statistics."""
 
 
+_process_backend: Backend | None = None
+
+
+def set_process_backend(backend: Backend) -> None:
+    """The backend for apps created without one (Serve copies the app into its replica)."""
+    global _process_backend
+    _process_backend = backend
+
+
+def get_backend(app_backend: Backend | None) -> Backend:
+    b = app_backend or _process_backend
+    if b is None:
+        raise RuntimeError("no backend is configured for this app")
+    return b
+
+
 def model_card(model_id: str, created: int, **extra: Any) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "kronk", **extra}
 

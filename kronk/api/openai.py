@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
-from kronk.api.backend import Backend, RequestContext
+from kronk.api.backend import Backend, RequestContext, get_backend
 from kronk.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from kronk.errors import InvalidRequest, ModelNotFound
 
@@ -19,7 +19,7 @@ router = APIRouter()
 
 
 def backend_of(request: Request) -> Backend:
-    return request.app.state.backend
+    return get_backend(request.app.state.backend)
 
 
 async def read_json(request: Request) -> dict[str, Any]:

@@ -79,7 +79,14 @@ class ModelService:
         self.tool_parser = tool_parser or guess_tool_parser(model_id, template)
         self.reasoning = reasoning if reasoning is not None else bool(template and "<think>" in template)
         self.fingerprint = system_fingerprint or f"kronk-{model_id}"
-        self.stop_markers = [m for m in _TURN_MARKERS if template and m in template]
+        # A turn marker ends the answer: as a special token (it renders as no text) or as text.
+        self.stop_markers: list[str] = []
+        self.stop_token_ids: list[int] = []
+        for marker in (m for m in _TURN_MARKERS if template and m in template):
+            toks = engine.tokenize(marker, add_special=False, parse_special=True)
+            if len(toks) == 1:
+                self.stop_token_ids.append(toks[0])
+            self.stop_markers.append(marker)
 
     async def run(self, kind: str, body: dict[str, Any]) -> AsyncIterator[ItemT]:
         if kind == "chat":
@@ -167,6 +174,7 @@ class ModelService:
     async def chat(self, req: ChatCompletionRequest) -> AsyncIterator[ItemT]:
         prompt, parser, grammar = self._chat_prompt(req)
         gen_req = self._request(req, prompt, grammar, self.stop_markers, parse_special=True)
+        gen_req.stop_token_ids = list(self.stop_token_ids)
         rid, created = "chatcmpl-" + gen_req.request_id, int(time.time())
         base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.model_id,
                 "system_fingerprint": self.fingerprint}

@@ -1,0 +1,53 @@
+"""The one builder: settings -> bound Serve application.
+
+Used by ``serve run serve_config.yaml`` (``import_path: deployments.app:build_app``)
+and by ``kronk server start``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from deployments.ingress import Ingress
+from deployments.llm import LlamaDeployment, deployment_options
+from kronk.settings import Settings, load_settings
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """``args`` are Settings fields; they win over KRONK_* env vars and the config file."""
+    settings = load_settings(args or {})
+    return build_app_from_settings(settings)
+
+
+def build_app_from_settings(settings: Settings) -> Application:
+    settings_args = settings.to_args()
+    handles = {}
+    for m in settings.models:
+        resolved = settings.resolved_model(m)
+        opts = deployment_options(resolved)
+        handles[m.name] = LlamaDeployment.options(**opts).bind(m.model_dump(exclude_none=True), settings_args)
+    return Ingress.bind(handles, settings_args)
+
+
+def wait_until_running(app_name: str = "kronk", timeout_s: float = 600.0, poll_s: float = 1.0) -> None:
+    """Wait for the application to be RUNNING; fail with a clear message if it cannot be placed."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(app_name)
+        if status is not None:
+            if status.status == "RUNNING":
+                return
+            if status.status == "DEPLOY_FAILED":
+                raise RuntimeError(f"application {app_name} failed to deploy: {status.message}")
+            msgs = [f"{n}: {d.message}" for n, d in status.deployments.items() if d.message]
+            last = "; ".join(msgs) or status.message
+        time.sleep(poll_s)
+    raise TimeoutError(
+        f"application {app_name} did not start within {timeout_s:.0f}s: {last or 'still deploying'}. "
+        "If a deployment cannot be placed, lower its num_cpus/num_gpus or start Ray with more resources."
+    )

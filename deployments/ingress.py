@@ -1,0 +1,80 @@
+"""FastAPI ingress deployment: routes each request by ``model`` to that model's deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from kronk.api.app import create_app
+from kronk.api.backend import RequestContext, model_card, set_process_backend
+from kronk.api.errors import unwrap
+from kronk.settings import load_settings
+
+app = create_app(None)
+
+
+class ServeBackend:
+    """The Backend the routes use, over Serve deployment handles."""
+
+    def __init__(self, handles: dict[str, DeploymentHandle]):
+        self.handles = handles
+        self.streams = {m: h.options(stream=True, _by_reference=False) for m, h in handles.items()}
+        self.created = int(time.time())
+        self._info: dict[str, dict[str, Any]] = {}
+
+    async def model_ids(self) -> list[str]:
+        return list(self.handles)
+
+    async def _model_info(self, model: str) -> dict[str, Any]:
+        try:
+            info = await asyncio.wait_for(self.handles[model].info.remote(), timeout=5)
+            self._info[model] = info
+        except Exception as e:  # a model still loading or down answers with its status
+            info = self._info.get(model) or {"error": f"unavailable: {type(unwrap(e)).__name__}"}
+        return info
+
+    async def model_cards(self) -> list[dict[str, Any]]:
+        cards = []
+        for m in self.handles:
+            info = self._info.get(m) or await self._model_info(m)
+            extra: dict[str, Any] = {"status": "error" if info.get("error") else "ready"}
+            if info.get("error"):
+                extra["error"] = info["error"]
+            if info.get("context_length"):
+                extra["context_length"] = info["context_length"]
+            cards.append(model_card(m, self.created, **extra))
+        return cards
+
+    async def stream(self, model: str, kind: str, body: dict[str, Any], ctx: RequestContext) -> AsyncIterator[Any]:
+        gen = self.streams[model].stream.remote(kind, body, {"request_id": ctx.request_id,
+                                                              "traceparent": ctx.traceparent})
+        finished = False
+        try:
+            async for item in gen:
+                yield item
+            finished = True
+        except Exception as e:
+            raise unwrap(e) from None
+        finally:
+            if not finished:
+                gen.cancel()  # the client went away: stop the generation in the replica
+
+    async def stats(self) -> dict[str, Any]:
+        out = {}
+        for m in self.handles:
+            info = await self._model_info(m)
+            out[m] = info
+        return {"models": out}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, handles: dict[str, DeploymentHandle], settings_args: dict[str, Any]):
+        self.settings = load_settings(settings_args)
+        set_process_backend(ServeBackend(handles))

@@ -1,0 +1,232 @@
+"""Per-model deployment: one llama.cpp engine per replica, ``@serve.batch`` admission.
+
+Requests that arrive together enter the engine together through the batched
+method; batches run concurrently (``max_concurrent_batches``), so a latecomer
+joins the engine's running decode loop at once instead of waiting for a batch
+to end. Each request's items (SSE text or one JSON dict) are coalesced and cross
+the handle hop at most every ``STREAM_INTERVAL_S`` after the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray import serve
+
+from kronk.errors import EngineOverloaded, KronkError, ModelNotFound
+from kronk.settings import ModelConfig, Settings, load_settings
+
+log = logging.getLogger("ray.serve")
+
+STREAM_INTERVAL_S = float(os.environ.get("KRONK_STREAM_INTERVAL_MS", "40")) / 1000
+MAX_CONCURRENT_BATCHES = 16
+
+
+def deployment_name(model: str) -> str:
+    return "llm-" + re.sub(r"[^A-Za-z0-9_-]+", "-", model).strip("-")
+
+
+@dataclass
+class _Req:
+    kind: str
+    body: dict[str, Any]
+    cancelled: bool = False
+    done: bool = False
+    task: asyncio.Task | None = None
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+
+class _Error:
+    """An exception delivered as a value through @serve.batch (which shares exceptions batch-wide)."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def _merge(items: list[Any]) -> Any:
+    """Coalesce consecutive SSE strings of one request into one item."""
+    if len(items) == 1:
+        return items[0]
+    if all(isinstance(i, str) for i in items):
+        return "".join(items)
+    return items[-1]
+
+
+def load_service(settings: Settings, m: ModelConfig):
+    """Find (or pull, through the model manager) the model's GGUF and start its engine."""
+    from kronk.api.service import ModelService
+    from kronk.engine import EngineConfig
+    from kronk.engine.engine import LlamaEngine
+    from kronk.store import ModelStore
+
+    store = ModelStore(settings)
+    manifest = None
+    try:
+        path = store.resolve(m)
+        manifest = store.resolve_manifest(m)
+    except ModelNotFound:
+        import ray
+
+        from deployments.model_manager import get_or_create_model_manager
+
+        log.info("model %s is not in %s: pulling it through the model manager", m.name, settings.models_path)
+        mm = get_or_create_model_manager(settings.to_args())
+        path = ray.get(mm.resolve.remote(m.model_dump()))
+        manifest = store.resolve_manifest(m)
+    template = getattr(manifest, "chat_template", None) if manifest else None
+    cfg = EngineConfig.from_model(m, str(path), chat_template=template)
+    engine = LlamaEngine(cfg)
+    return ModelService(engine, m.name)
+
+
+def deployment_options(m: ModelConfig) -> dict[str, Any]:
+    """Serve options for one (resolved) model: name, resources, autoscaling."""
+    actor: dict[str, Any] = {"num_cpus": m.num_cpus if m.num_cpus is not None else 1}
+    if m.num_gpus:
+        actor["num_gpus"] = m.num_gpus
+    if m.resources:
+        actor["resources"] = dict(m.resources)
+    min_r = m.min_replicas if m.min_replicas is not None else 1
+    max_r = max(m.max_replicas or 1, min_r, 1)
+    initial = m.initial_replicas if m.initial_replicas is not None else max(min_r, 1 if max_r >= 1 else 0)
+    opts: dict[str, Any] = {
+        "name": deployment_name(m.name),
+        "ray_actor_options": actor,
+        "max_ongoing_requests": m.max_ongoing_requests or max(4 * (m.parallel or 4), 16),
+    }
+    if max_r > min_r or min_r == 0:
+        opts["autoscaling_config"] = {
+            "min_replicas": min_r, "initial_replicas": initial, "max_replicas": max_r,
+            "target_ongoing_requests": m.target_ongoing_requests or float(m.parallel or 4),
+            "upscale_delay_s": 3.0, "downscale_delay_s": 60.0,
+        }
+    else:
+        opts["num_replicas"] = min_r
+    return opts
+
+
+@serve.deployment(max_ongoing_requests=64, health_check_period_s=10, health_check_timeout_s=30,
+                  graceful_shutdown_wait_loop_s=2, graceful_shutdown_timeout_s=60)
+class LlamaDeployment:
+    def __init__(self, model: dict[str, Any], settings_args: dict[str, Any]):
+        self.settings = load_settings(settings_args)
+        self.model = self.settings.resolved_model(ModelConfig(**model))
+        self.error: str | None = None
+        self.service = None
+        t0 = time.perf_counter()
+        try:
+            self.service = load_service(self.settings, self.model)
+        except KronkError as e:
+            # The model's own deployment reports the problem on every request; the app keeps running.
+            self.error = f"model {self.model.name} could not be loaded: {e.message}"
+            log.error(self.error)
+        else:
+            log.info("model %s loaded in %.1fs", self.model.name, time.perf_counter() - t0)
+            self._batched.set_max_batch_size(self.model.parallel or 4)
+
+    # ------------------------------------------------------------------ requests
+    async def stream(self, kind: str, body: dict[str, Any], ctx: dict[str, Any] | None = None) -> AsyncIterator[Any]:
+        """Items of one request (see kronk.api.service.ModelService.run), coalesced."""
+        if self.service is None:
+            raise EngineOverloaded(self.error or "model is not loaded", code="model_unavailable")
+        req = _Req(kind, body)
+        try:
+            async for item in self._batched(req):
+                if item is None:
+                    continue
+                if isinstance(item, _Error):
+                    raise item.exc
+                yield item
+        finally:
+            req.cancelled = True
+            if req.task is not None and not req.done:
+                req.task.cancel()  # frees the engine slot now, even while the request waits for one
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
+    async def _batched(self, reqs: list[_Req]) -> AsyncIterator[list[Any]]:
+        """Starts every request of the batch in the engine at once and merges their item streams."""
+        ready: asyncio.Queue[int] = asyncio.Queue()
+        tasks = [asyncio.create_task(self._pump(i, r, ready)) for i, r in enumerate(reqs)]
+        for r, t in zip(reqs, tasks, strict=True):
+            r.task = t
+        last_yield = 0.0
+        try:
+            while not all(r.done for r in reqs):
+                await ready.get()
+                wait = STREAM_INTERVAL_S - (time.perf_counter() - last_yield)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                while not ready.empty():
+                    ready.get_nowait()
+                out: list[Any] = []
+                for r in reqs:
+                    items = []
+                    while not r.queue.empty():
+                        items.append(r.queue.get_nowait())
+                    end = bool(items) and items[-1] is StopIteration
+                    if end:
+                        items.pop()
+                    if items:
+                        out.append(_merge(items) if not any(isinstance(i, _Error) for i in items)
+                                   else next(i for i in items if isinstance(i, _Error)))
+                        if end:
+                            r.queue.put_nowait(StopIteration)  # deliver the end on the next yield
+                            ready.put_nowait(1)
+                    else:
+                        out.append(StopIteration if end else None)
+                last_yield = time.perf_counter()
+                yield out
+            yield [StopIteration] * len(reqs)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _pump(self, i: int, r: _Req, ready: asyncio.Queue) -> None:
+        gen = self.service.run(r.kind, r.body)
+        try:
+            async for item in gen:
+                if r.cancelled:
+                    break
+                r.queue.put_nowait(item)
+                ready.put_nowait(i)
+                # a caller that went away (client disconnect) stops its generation
+                if r.cancelled:
+                    break
+        except Exception as e:  # delivered to this caller only
+            r.queue.put_nowait(_Error(e))
+            ready.put_nowait(i)
+        finally:
+            await gen.aclose()
+            r.done = True
+            r.queue.put_nowait(StopIteration)
+            ready.put_nowait(i)
+
+    # ------------------------------------------------------------------ info
+    async def info(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        d: dict[str, Any] = {"model": self.model.name, "error": self.error,
+                             "replica": serve.get_replica_context().replica_tag}
+        if self.service is not None:
+            d["stats"] = asdict(self.service.engine.stats())
+            d["context_length"] = self.service.engine.stats().n_ctx_slot
+        return d
+
+    def check_health(self) -> None:
+        if self.service is not None:
+            eng = self.service.engine
+            thread = getattr(eng, "_thread", None)
+            if thread is not None and not thread.is_alive():
+                raise RuntimeError("the decode loop died")
+
+    def __del__(self) -> None:
+        svc = getattr(self, "service", None)
+        if svc is not None:
+            svc.engine.close()
