@@ -18,11 +18,26 @@ from kronk.settings import load_settings
 app = create_app(None)
 
 
+class ActorModelOps:
+    """The model manager actor's calls, awaitable."""
+
+    def __init__(self, actor: Any):
+        self.actor = actor
+
+    async def call(self, method: str, *args: Any) -> Any:
+        try:
+            return await getattr(self.actor, method).remote(*args)
+        except Exception as e:
+            raise unwrap(e) from None
+
+
 class ServeBackend:
     """The Backend the routes use, over Serve deployment handles."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle]):
+    def __init__(self, handles: dict[str, DeploymentHandle], settings_args: dict[str, Any]):
         self.handles = handles
+        self.settings_args = settings_args
+        self._ops: ActorModelOps | None = None
         self.streams = {m: h.options(stream=True, _by_reference=False) for m, h in handles.items()}
         self.created = int(time.time())
         self._info: dict[str, dict[str, Any]] = {}
@@ -64,6 +79,13 @@ class ServeBackend:
             if not finished:
                 gen.cancel()  # the client went away: stop the generation in the replica
 
+    def model_ops(self) -> ActorModelOps:
+        if self._ops is None:
+            from deployments.model_manager import get_or_create_model_manager
+
+            self._ops = ActorModelOps(get_or_create_model_manager(self.settings_args))
+        return self._ops
+
     async def stats(self) -> dict[str, Any]:
         out = {}
         for m in self.handles:
@@ -77,4 +99,4 @@ class ServeBackend:
 class Ingress:
     def __init__(self, handles: dict[str, DeploymentHandle], settings_args: dict[str, Any]):
         self.settings = load_settings(settings_args)
-        set_process_backend(ServeBackend(handles))
+        set_process_backend(ServeBackend(handles, settings_args))

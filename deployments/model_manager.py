@@ -13,11 +13,11 @@ from typing import Any
 
 import ray
 
-from kronk.catalog import Catalog
-from kronk.settings import Settings
-from kronk.store import ModelNotFound, ModelStore, PullJobManager, parse_ref
+from kronk.store.manager import ModelManager
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ACTOR_NAME", "NAMESPACE", "ModelManager", "get_or_create_model_manager"]
 
 ACTOR_NAME = "kronk-model-manager"
 NAMESPACE = "kronk"
@@ -29,78 +29,6 @@ ACTOR_OPTIONS: dict[str, Any] = {
     "max_concurrency": 16,  # threaded actor: a blocking resolve() must not stall job() / jobs()
     "get_if_exists": True,
 }
-
-
-class ModelManager:
-    def __init__(self, settings_args: dict[str, Any] | None = None):
-        self.settings = Settings(**(settings_args or {}))
-        self.catalog_ = Catalog.load(self.settings)
-        self.store = ModelStore(self.settings, catalog=self.catalog_)
-        self.jobs_ = PullJobManager(store=self.store)
-
-    def ready(self) -> bool:
-        return True
-
-    # ------------------------------------------------------------------ pulls
-
-    def pull(self, ref: str) -> dict[str, Any]:
-        """Start (or join) a background pull; returns the job's snapshot at once."""
-        return self.jobs_.start(ref).snapshot()
-
-    def job(self, job_id: str) -> dict[str, Any] | None:
-        job = self.jobs_.get(job_id)
-        return job.snapshot() if job is not None else None
-
-    def jobs(self) -> list[dict[str, Any]]:
-        return [j.snapshot() for j in self.jobs_.list()]
-
-    def cancel(self, job_id: str) -> bool:
-        return self.jobs_.cancel(job_id)
-
-    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
-        return self.jobs_.wait(job_id, timeout).snapshot()
-
-    # ------------------------------------------------------------------ models
-
-    def list_models(self) -> list[dict[str, Any]]:
-        return [m.to_dict() for m in self.store.list()]
-
-    def get_model(self, name: str) -> dict[str, Any] | None:
-        m = self.store.get(name)
-        return m.to_dict() if m is not None else None
-
-    def remove(self, name: str) -> bool:
-        return self.store.remove(name)
-
-    def reconcile(self) -> dict[str, Any]:
-        return self.store.reconcile().to_dict()
-
-    def check(self, repair: bool = False) -> list[dict[str, Any]]:
-        return [r.to_dict() for r in self.store.check(repair=repair)]
-
-    def resolve(self, model_cfg: dict[str, Any] | str, timeout: float | None = None) -> str:
-        """The GGUF path for a served model, pulling it first if needed (blocking)."""
-        try:
-            return str(self.store.resolve(model_cfg))
-        except ModelNotFound:
-            src = model_cfg if isinstance(model_cfg, str) else model_cfg.get("source") or model_cfg["name"]
-            if parse_ref(src).kind == "local" or (parse_ref(src).kind == "catalog" and src not in self.catalog_):
-                raise
-        job = self.jobs_.wait(self.jobs_.start(src).id, timeout)
-        if job.status != "succeeded":
-            msg = job.error or f"pull of {src} did not finish ({job.status})"
-            raise ModelNotFound(f"cannot load {src}: {msg}", param="model")
-        return str(self.store.resolve(model_cfg))
-
-    def catalog(self, family: str | None = None, capability: str | None = None) -> list[dict[str, Any]]:
-        present = {m.name for m in self.store.list()}
-        return [
-            {**e.to_dict(), "present": e.name in present}
-            for e in self.catalog_.list(family=family, capability=capability)
-        ]
-
-    def families(self) -> list[str]:
-        return self.catalog_.families()
 
 
 def get_or_create_model_manager(settings_args: dict[str, Any] | None = None) -> ray.actor.ActorHandle:

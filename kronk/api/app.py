@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from kronk import __version__
-from kronk.api import errors, openai
+from kronk.api import errors, manage, openai
 from kronk.api.backend import Backend
 from kronk.api.openai import backend_of
 
@@ -16,6 +16,7 @@ def create_app(backend: Backend | None = None, extra_routers: list[Any] | None =
     app = FastAPI(title="kronk", version=__version__, description="Local LLM model server (OpenAI-compatible)")
     app.state.backend = backend
     errors.install(app)
+    manage.attach(app)  # before openai: /v1/models/pull must win over /v1/models/{id}
     openai.attach(app)
 
     @app.get("/health")

@@ -37,6 +37,9 @@ class Backend(Protocol):
     async def stats(self) -> dict[str, Any]:
         """Per-model statistics."""
 
+    def model_ops(self) -> Any:
+        """The model manager (pulls, store, catalog): a kronk.api.manage.ModelOps."""
+
 
 _process_backend: Backend | None = None
 
@@ -59,9 +62,20 @@ def model_card(model_id: str, created: int, **extra: Any) -> dict[str, Any]:
 
 
 class LocalBackend:
-    def __init__(self, services: dict[str, ModelService]):
+    def __init__(self, services: dict[str, ModelService], settings: Any = None):
         self.services = services
         self.created = int(time.time())
+        self.settings = settings
+        self._ops = None
+
+    def model_ops(self) -> Any:
+        if self._ops is None:
+            from kronk.api.manage import LocalModelOps
+            from kronk.settings import load_settings
+            from kronk.store.manager import ModelManager
+
+            self._ops = LocalModelOps(ModelManager((self.settings or load_settings()).to_args()))
+        return self._ops
 
     async def model_ids(self) -> list[str]:
         return list(self.services)

@@ -24,10 +24,11 @@ def envelope(status: int, message: str, type_: str, param: str | None = None, co
 
 def unwrap(exc: BaseException) -> BaseException:
     """The original error behind a wrapper (Ray wraps replica exceptions in RayTaskError)."""
-    seen = 0
-    while seen < 5 and getattr(exc, "cause", None) is not None and not isinstance(exc, KronkError):
-        exc = exc.cause  # type: ignore[assignment]
-        seen += 1
+    for _ in range(5):
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException) or cause is exc:
+            break
+        exc = cause
     return exc
 
 

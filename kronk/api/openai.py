@@ -43,6 +43,10 @@ def context_of(request: Request) -> RequestContext:
 async def check_model(backend: Backend, model: str) -> None:
     ids = await backend.model_ids()
     if model not in ids:
+        if any(m["name"] == model for m in await installed_models(backend)):
+            raise ModelNotFound(f"The model '{model}' is installed but not served; start the server with it "
+                                f"(kronk server start --model {model}). Served models: {', '.join(ids)}.",
+                                param="model")
         raise ModelNotFound(f"The model '{model}' does not exist. Available models: {', '.join(ids) or 'none'}.",
                             param="model")
 
@@ -96,9 +100,24 @@ async def embeddings(request: Request) -> Response:
     return await serve(request, "embeddings", EmbeddingRequest)
 
 
+async def installed_models(backend: Backend) -> list[dict[str, Any]]:
+    try:
+        return await backend.model_ops().call("list_models")  # type: ignore[attr-defined]
+    except Exception:  # the store is informational here; never fail the listing
+        return []
+
+
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": await backend_of(request).model_cards()}
+    """Served models, then models installed on disk that no deployment serves (``served: false``)."""
+    backend = backend_of(request)
+    cards = [{**c, "served": True} for c in await backend.model_cards()]
+    served = {c["id"] for c in cards}
+    for m in await installed_models(backend):
+        if m["name"] not in served:
+            cards.append({"id": m["name"], "object": "model", "created": int(m.get("created_at") or 0),
+                          "owned_by": "kronk", "served": False, "status": "installed"})
+    return {"object": "list", "data": cards}
 
 
 @router.get("/v1/models/{model_id:path}")
