@@ -10,6 +10,7 @@ raised (as KronkError) before the first item.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from kronk.parsers import (
 )
 
 ItemT = str | dict[str, Any]
+log = logging.getLogger("kronk.api")
 
 # Turn markers of common templates: if one shows up as text, the turn is over.
 _TURN_MARKERS = ("<end_of_turn>", "<start_of_turn>", "<|im_end|>", "<|im_start|>", "<|eot_id|>",
@@ -153,12 +155,22 @@ class ModelService:
                     messages.insert(0, {"role": "system", "content": sys_text})
                 if schema is None:
                     parser_name = "generic" if parser_name not in ("hermes",) else parser_name
-        prompt = self.engine.apply_chat_template(messages, tools=template_tools, add_generation_prompt=True,
-                                                 **(req.chat_template_kwargs or {}))
+        kwargs = req.chat_template_kwargs or {}
+        prompt = self.engine.apply_chat_template(messages, tools=template_tools, add_generation_prompt=True, **kwargs)
+        if use_tools and choice == "auto" and self._too_long(prompt):
+            # Clients such as OpenWebUI attach dozens of tools to every turn; when their descriptions
+            # alone overflow the context, answer without tools rather than refuse the chat.
+            log.warning("%s: %d tools do not fit the context; answering without them", self.model_id, len(tools))
+            use_tools, grammar = False, format_grammar(req.response_format)
+            prompt = self.engine.apply_chat_template(self._chat_messages(req), add_generation_prompt=True, **kwargs)
         tool_parser = get_tool_parser(parser_name, [t["function"]["name"] for t in tools]) if use_tools else None
         starts_in_reasoning = self.reasoning and prompt.rstrip().endswith("<think>")
         reasoning = ReasoningParser(starts_in_reasoning=starts_in_reasoning) if self.reasoning else None
         return prompt, OutputParser(tools=tool_parser, reasoning=reasoning), grammar
+
+    def _too_long(self, prompt: str) -> bool:
+        n_ctx = self.engine.stats().n_ctx_slot
+        return bool(n_ctx) and len(self.engine.tokenize(prompt)) >= n_ctx
 
     def _request(self, req: SamplingFields, prompt: str | list[int], grammar: str | None,
                  extra_stops: list[str], parse_special: bool) -> GenerationRequest:
