@@ -9,15 +9,16 @@ setting has one name in all three places: ``--models-dir`` / ``KRONK_MODELS_DIR`
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 KV_CACHE_TYPES = ("f16", "bf16", "f32", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
 KVCacheType = Literal["f16", "bf16", "f32", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl"]
@@ -110,7 +111,8 @@ class Settings(BaseSettings):
     num_cpus: float = Field(default=1.0, ge=0, description="Ray CPUs per model replica.")
     num_gpus: float = Field(default=0.0, ge=0, description="Ray GPUs per model replica.")
 
-    models: list[ModelConfig] = Field(
+    # NoDecode: KRONK_MODELS may be `a,b` as well as JSON (decoded in _models_from_names)
+    models: Annotated[list[ModelConfig], NoDecode] = Field(
         default_factory=lambda: [ModelConfig(name=DEFAULT_MODEL)], description="Models to serve."
     )
 
@@ -119,7 +121,7 @@ class Settings(BaseSettings):
     def _models_from_names(cls, v: Any) -> Any:
         # `--model a --model b` / KRONK_MODELS=a,b give plain names.
         if isinstance(v, str):
-            v = [s for s in re.split(r"[,\s]+", v) if s]
+            v = json.loads(v) if v.strip().startswith(("[", "{")) else [s for s in re.split(r"[,\s]+", v) if s]
         if isinstance(v, list):
             return [{"name": m} if isinstance(m, str) else m for m in v]
         return v
@@ -215,13 +217,16 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
         return read_config_file(path) if path else {}
 
 
-def config_file_path(explicit: str | Path | None = None) -> Path | None:
-    """The config file in force: --config, else KRONK_CONFIG, else <home>/config.yaml if it exists."""
+def config_file_path(explicit: str | Path | None = None, home: str | Path | None = None) -> Path | None:
+    """The config file in force: --config, else KRONK_CONFIG, else <home>/config.yaml if it exists.
+
+    ``home`` is the home given explicitly (``--home``); default: $KRONK_HOME or ~/.kronk.
+    """
     if explicit:
         return Path(explicit).expanduser()
     if os.environ.get("KRONK_CONFIG"):
         return Path(os.environ["KRONK_CONFIG"]).expanduser()
-    p = default_home() / "config.yaml"
+    p = (Path(home).expanduser() if home else default_home()) / "config.yaml"
     return p if p.exists() else None
 
 
@@ -241,8 +246,50 @@ def read_config_file(path: Path) -> dict[str, Any]:
 def load_settings(overrides: dict[str, Any] | None = None, config: str | Path | None = None) -> Settings:
     """Build Settings: overrides (flags) > KRONK_* env > config file > defaults."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    token = _config_path.set(config_file_path(config))
+    token = _config_path.set(config_file_path(config, overrides.get("home")))
     try:
         return Settings(**overrides)
     finally:
         _config_path.reset(token)
+
+
+SECRET_FIELDS = ("hf_token", "api_keys")
+# Read from these (non-KRONK) variables when no flag, KRONK_* variable or config key sets them.
+FALLBACK_ENV = {"hf_token": ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"), "hf_endpoint": ("HF_ENDPOINT",)}
+
+
+def flag_name(field: str) -> str:
+    """The CLI flag of a setting: ``models_dir`` -> ``--models-dir``."""
+    return "--" + field.replace("_", "-")
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting: ``models_dir`` -> ``KRONK_MODELS_DIR``."""
+    return "KRONK_" + field.upper()
+
+
+def setting_sources(overrides: dict[str, Any] | None = None, config: str | Path | None = None) -> dict[str, str]:
+    """Where each setting's effective value comes from, with the same precedence as load_settings.
+
+    Values: ``flag --x``, ``env KRONK_X`` (or ``HF_TOKEN``...), ``config <path>``, ``default``.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    path = config_file_path(config, overrides.get("home"))
+    file_keys = set(read_config_file(path)) if path else set()
+    env = {k.lower(): k for k, v in os.environ.items() if v is not None}
+    out: dict[str, str] = {}
+    for name in Settings.model_fields:
+        key = env_name(name).lower()
+        hit = next((env[k] for k in sorted(env) if k == key or k.startswith(key + "__")), None)
+        fallback = next((v for v in FALLBACK_ENV.get(name, ()) if os.environ.get(v)), None)
+        if name in overrides:
+            out[name] = f"flag {flag_name(name)}"
+        elif hit:
+            out[name] = f"env {hit}"
+        elif name in file_keys:
+            out[name] = f"config {path}"
+        elif fallback:
+            out[name] = f"env {fallback}"
+        else:
+            out[name] = "default"
+    return out

@@ -90,6 +90,7 @@ def test_help_lists_the_commands_and_flags(home: Path) -> None:
         (["model", "rm", "nosuchmodel"], ["nosuchmodel", "not installed"]),
         (["model", "pull", "nosuchmodel"], ["nosuchmodel", "catalog"]),
         (["catalog", "show", "nosuchmodel"], ["nosuchmodel", "kronk catalog list"]),
+        (["chat", "nosuchmodel"], ["unknown model 'nosuchmodel'"]),
         (["catalog", "list", "--family", "nofamily"], ["nofamily", "gemma3"]),
         (["catalog", "list", "--capability", "flying"], ["--capability", "flying"]),
     ],

@@ -1,0 +1,224 @@
+"""``kronk model pull|list|show|rm|ps|check``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from kronk.cli.client import Client, ServerError
+from kronk.cli.common import (
+    STORE_FIELDS,
+    build_settings,
+    config_option,
+    ensure_dirs,
+    fail,
+    human_bytes,
+    overrides_of,
+    print_json,
+    settings_options,
+    url_option,
+)
+from kronk.cli.ops import LocalOps, RemoteOps, open_ops
+from kronk.settings import Settings
+
+
+def store_options(f: Callable) -> Callable:
+    f = settings_options(STORE_FIELDS)(f)
+    f = config_option(f)
+    f = url_option(f)
+    return click.option("--local", is_flag=True,
+                        help="Work on the models dir directly, even when a server is running.")(f)
+
+
+def _ops(params: dict[str, Any], local: bool = False) -> LocalOps | RemoteOps:
+    settings = _settings(params)
+    return open_ops(params.get("url"), settings, local or bool(params.get("local")))
+
+
+def _settings(params: dict[str, Any]) -> Settings:
+    return build_settings(overrides_of(params, STORE_FIELDS), params.get("config"))
+
+
+def table(columns: list[str], rows: list[list[Any]]) -> None:
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*[("" if v is None else str(v)) for v in r])
+    Console(soft_wrap=False, width=max(Console().width, 120)).print(t)
+
+
+def _server_error(e: ServerError) -> None:
+    fail(e.message, 2 if e.status in (400, 404, 422) else 1)
+
+
+@click.group()
+def model() -> None:
+    """Pull, list, inspect and remove models."""
+
+
+@model.command("pull", short_help="Download a model (progress on stderr).")
+@click.argument("ref")
+@store_options
+def pull_cmd(ref: str, **params: Any) -> None:
+    """Download a model (catalog name, hf.co/<org>/<repo>:<QUANT> or hf.co/<org>/<repo>/<file.gguf>).
+
+    Talks to the running server's model manager if there is one, otherwise pulls in this
+    process. Progress goes to stderr. Ctrl-C stops it; the same command resumes it.
+    """
+    from kronk.cli.pull import pull
+
+    ops = _ops(params)
+    if not ops.remote:
+        ensure_dirs(ops.settings)
+    pull(ops, ref)
+
+
+@model.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of manifests) on stdout.")
+@store_options
+def list_cmd(as_json: bool, **params: Any) -> None:
+    """The models on disk (served ones marked when a server is running)."""
+    ops = _ops(params)
+    try:
+        models = ops.list_models()
+        served = ops.served()
+    except ServerError as e:
+        _server_error(e)
+    for m in models:
+        m["served"] = m.get("name") in served
+    if as_json:
+        print_json(models)
+        return
+    if not models:
+        click.echo(f"no models in {ops.where}; pull one with `kronk model pull NAME` (see `kronk catalog list`)")
+        return
+    table(["NAME", "SIZE", "FAMILY", "SOURCE", "CREATED", "SERVED"],
+          [[m["name"], human_bytes(m.get("size_bytes")), m.get("family") or "-",
+            m.get("hf_repo") or m.get("pypi_package") or m.get("source"), str(m.get("created_at", ""))[:19],
+            "yes" if m["served"] else ""] for m in models])
+
+
+@model.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@store_options
+def show_cmd(name: str, as_json: bool, **params: Any) -> None:
+    """Details of one installed model."""
+    ops = _ops(params)
+    try:
+        m = ops.get_model(name)
+        served = ops.served()
+    except ServerError as e:
+        _server_error(e)
+    if m is None:
+        fail(f"model {name!r} is not installed in {ops.where}; see `kronk model list`, or pull it with "
+             f"`kronk model pull {name}`")
+    card = served.get(m["name"])
+    m["served"] = card is not None
+    if card and card.get("context_length"):
+        m["served_context_length"] = card["context_length"]
+    if as_json:
+        print_json(m)
+        return
+    skip = {"chat_template", "files", "schema_version"}
+    for k, v in m.items():
+        if k not in skip and v not in (None, [], ""):
+            click.echo(f"{k:22} {human_bytes(v) if k == 'size_bytes' else v}")
+    for f in m.get("files", []):
+        click.echo(f"{'file':22} {f['name']} ({human_bytes(f['size'])}, sha256 {f['sha256'][:16]}...)")
+    if m.get("chat_template"):
+        tmpl = str(m["chat_template"])
+        click.echo(f"{'chat_template':22} {tmpl if len(tmpl) < 60 else tmpl[:57] + '...'}")
+
+
+@model.command("rm")
+@click.argument("name")
+@store_options
+def rm_cmd(name: str, **params: Any) -> None:
+    """Delete an installed model from disk."""
+    ops = _ops(params)
+    try:
+        removed = ops.remove(name)
+    except ServerError as e:
+        _server_error(e)
+    if not removed:
+        fail(f"model {name!r} is not installed in {ops.where}; see `kronk model list`")
+    click.echo(f"removed {name}")
+
+
+@model.command("ps", short_help="Loaded models: busy slots, KV use, tok/s.")
+@url_option
+@config_option
+@click.option("--home", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="kronk's home folder (finds the server it started) [env KRONK_HOME].")
+@click.option("--interval", type=click.FloatRange(min=0.1, max=60), default=1.0, show_default=True,
+              help="Seconds between the two samples that give tok/s.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def ps_cmd(url: str | None, config: Path | None, home: Path | None, interval: float, as_json: bool) -> None:
+    """Loaded models: replica, busy slots, queue, KV cache use, tok/s (needs a running server)."""
+    settings = build_settings(overrides_of({"home": home}, ("home",)), config)
+    client = Client.for_settings(url, settings)
+    client.require()
+    try:
+        first = client.get("/v1/stats").get("models", {})
+        t0 = time.monotonic()
+        time.sleep(interval)
+        second = client.get("/v1/stats").get("models", {})
+        dt = time.monotonic() - t0
+    except ServerError as e:
+        _server_error(e)
+    out = []
+    for name, info in second.items():
+        st = info.get("stats") or {}
+        before = (first.get(name) or {}).get("stats") or {}
+        rate = (st.get("completion_tokens", 0) - before.get("completion_tokens", 0)) / dt if before else 0.0
+        out.append({"model": name, "replica": info.get("replica"), "error": info.get("error"),
+                    "slots": st.get("n_slots"), "busy": st.get("active"), "waiting": st.get("waiting"),
+                    "ctx_per_slot": st.get("n_ctx_slot"), "kv_cells_used": st.get("kv_cells_used"),
+                    "kv_cells_total": st.get("kv_cells_total"), "requests": st.get("requests"),
+                    "prompt_tokens": st.get("prompt_tokens"), "prompt_tokens_reused": st.get("prompt_tokens_reused"),
+                    "completion_tokens": st.get("completion_tokens"), "tokens_per_s": round(max(rate, 0.0), 1)})
+    if as_json:
+        print_json(out)
+        return
+    if not out:
+        click.echo(f"no models loaded on {client.url}")
+        return
+    table(["MODEL", "REPLICA", "BUSY", "WAITING", "KV USED", "REQUESTS", "PROMPT (REUSED)", "GENERATED", "TOK/S"],
+          [[r["model"], r["replica"] or r["error"] or "-", f"{r['busy']}/{r['slots']}", r["waiting"],
+            f"{r['kv_cells_used']}/{r['kv_cells_total']}", r["requests"],
+            f"{r['prompt_tokens']} ({r['prompt_tokens_reused']})", r["completion_tokens"], r["tokens_per_s"]]
+           for r in out])
+
+
+@model.command("check", short_help="Verify model files against their manifests.")
+@click.option("--repair", is_flag=True, help="Remove models whose files are damaged (pull them again after).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@settings_options(STORE_FIELDS)
+@config_option
+def check_cmd(repair: bool, as_json: bool, **params: Any) -> None:
+    """Re-hash every model's files against its manifest (exit 1 if any is damaged and not repaired)."""
+    settings = _settings(params)
+    results = LocalOps(settings).manager.check(repair)
+    if as_json:
+        print_json(results)
+    elif not results:
+        click.echo(f"no models in {settings.models_path}")
+    for r in results if not as_json else []:
+        if r["ok"]:
+            click.echo(f"ok       {r['name']}")
+        else:
+            state = "removed" if r.get("removed") else "DAMAGED"
+            click.echo(f"{state:8} {r['name']}: {'; '.join(r.get('problems') or [])}")
+    bad = [r for r in results if not r["ok"] and not r.get("removed")]
+    if bad:
+        if not as_json:
+            click.echo(f"{len(bad)} damaged model(s): run `kronk model check --repair`, then pull them again", err=True)
+        raise click.exceptions.Exit(1)
