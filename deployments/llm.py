@@ -105,8 +105,13 @@ def deployment_options(m: ModelConfig) -> dict[str, Any]:
         opts["autoscaling_config"] = {
             "min_replicas": min_r, "initial_replicas": initial, "max_replicas": max_r,
             "target_ongoing_requests": m.target_ongoing_requests or float(m.parallel or 4),
-            "upscale_delay_s": 3.0, "downscale_delay_s": 60.0,
+            "upscale_delay_s": 3.0 if m.upscale_delay_s is None else m.upscale_delay_s,
+            "downscale_delay_s": 60.0 if m.downscale_delay_s is None else m.downscale_delay_s,
         }
+        if m.look_back_period_s is not None:
+            # handles report load every metrics_interval_s (10s): at least twice per window
+            opts["autoscaling_config"].update(look_back_period_s=m.look_back_period_s,
+                                              metrics_interval_s=min(10.0, m.look_back_period_s / 2))
     else:
         opts["num_replicas"] = min_r
     return opts
@@ -212,9 +217,13 @@ class LlamaDeployment:
     async def info(self) -> dict[str, Any]:
         from dataclasses import asdict
 
+        import ray
+
         d: dict[str, Any] = {"model": self.model.name, "error": self.error,
-                             "replica": serve.get_replica_context().replica_tag}
+                             "replica": serve.get_replica_context().replica_tag,
+                             "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
         if self.service is not None:
+            d["model_path"] = self.service.engine.cfg.model_path
             d["stats"] = asdict(self.service.engine.stats())
             d["context_length"] = self.service.engine.stats().n_ctx_slot
         return d

@@ -71,6 +71,14 @@ class ModelConfig(BaseModel):
     initial_replicas: int | None = Field(default=None, ge=0, description="Replicas at start.")
     target_ongoing_requests: float | None = Field(default=None, gt=0, description="Autoscaling target.")
     max_ongoing_requests: int | None = Field(default=None, ge=1, description="Per-replica admission limit.")
+    upscale_delay_s: float | None = Field(
+        default=None, ge=0, description="Autoscaling: how long load must stay high before adding replicas (3s).")
+    downscale_delay_s: float | None = Field(
+        default=None, ge=0, description="Autoscaling: how long load must stay low before removing replicas, "
+        "including the last one when min_replicas is 0 (60s).")
+    look_back_period_s: float | None = Field(
+        default=None, gt=0, description="Autoscaling: the window the load is averaged over (Ray Serve's 30s); "
+        "load is reported at least twice per window.")
 
     @property
     def model_source(self) -> str:
