@@ -10,6 +10,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.llm import deployment_name
 from kronk.api.app import create_app
 from kronk.api.backend import RequestContext, model_card, set_process_backend
 from kronk.api.errors import unwrap
@@ -41,11 +42,31 @@ class ServeBackend:
         self.streams = {m: h.options(stream=True, _by_reference=False) for m, h in handles.items()}
         self.created = int(time.time())
         self._info: dict[str, dict[str, Any]] = {}
+        self._replicas: dict[str, int] = {}
+        self._replicas_at = 0.0
 
     async def model_ids(self) -> list[str]:
         return list(self.handles)
 
+    async def running_replicas(self) -> dict[str, int]:
+        """Running replicas per model, from Serve's controller (cached for a couple of seconds)."""
+        now = time.monotonic()
+        if now - self._replicas_at > 2.0:
+            try:
+                st = await asyncio.to_thread(serve.status)
+                deps = st.applications["kronk"].deployments if "kronk" in st.applications else {}
+                by_name = {name: sum(n for s, n in d.replica_states.items() if getattr(s, "value", s) == "RUNNING")
+                           for name, d in deps.items()}
+                self._replicas = {m: by_name.get(deployment_name(m), 0) for m in self.handles}
+                self._replicas_at = now
+            except Exception:  # the controller is busy: assume every model is up
+                self._replicas = {m: 1 for m in self.handles}
+        return self._replicas
+
     async def _model_info(self, model: str) -> dict[str, Any]:
+        # Asking a model scaled to zero would start a replica: describe it from what is known instead.
+        if (await self.running_replicas()).get(model, 1) == 0:
+            return {**self._info.get(model, {}), "model": model, "replicas": 0, "stats": None}
         try:
             info = await asyncio.wait_for(self.handles[model].info.remote(), timeout=5)
             self._info[model] = info
@@ -57,7 +78,9 @@ class ServeBackend:
         cards = []
         for m in self.handles:
             info = self._info.get(m) or await self._model_info(m)
-            extra: dict[str, Any] = {"status": "error" if info.get("error") else "ready"}
+            idle = info.get("replicas") == 0
+            status = "error" if info.get("error") else ("scaled_to_zero" if idle else "ready")
+            extra: dict[str, Any] = {"status": status}
             if info.get("error"):
                 extra["error"] = info["error"]
             if info.get("context_length"):
