@@ -25,7 +25,7 @@ from kronk.engine.embeddings import EmbeddingRunner
 from kronk.engine.kvcache import BYTES_PER_ELEMENT, resolve_kv_types
 from kronk.engine.model import LlamaModel, physical_cores
 from kronk.engine.protocol import Engine, EngineStats, GenerationChunk, GenerationRequest
-from kronk.engine.sampling import SamplerChain
+from kronk.engine.sampling import NoValidToken, SamplerChain
 from kronk.engine.slots import Job, Slot, SlotState
 from kronk.engine.text import StopMatcher
 from kronk.errors import ContextLengthExceeded, EngineError, InvalidRequest, KronkError, Unsupported
@@ -294,7 +294,14 @@ class LlamaEngine(Engine):
             self._decode(len(gen))
             for s in gen:  # sample now: the prompt decodes below overwrite the logits
                 s.cache.append(s.next_token)
-                self._sample(s)
+                try:
+                    self._sample(s)
+                except Exception as e:  # this request's problem only: end it, keep the others running
+                    log.exception("sampling failed for %s", s.job.request.request_id if s.job else "?")
+                    job = s.job
+                    self._release(s)
+                    if job is not None:
+                        job.push(e if isinstance(e, KronkError) else EngineError(f"sampling failed: {e}"))
             for s in gen:
                 if s.job is not None:
                     s.job.flush()
@@ -326,11 +333,17 @@ class LlamaEngine(Engine):
     def _sample(self, s: Slot) -> None:
         job = s.job
         assert job is not None and job.chain is not None
-        if job.min_chain is not None and job.n_gen < job.request.min_tokens:
-            tok = job.min_chain.sample(self.ctx, s.row)
-            job.chain.accept(tok)
-        else:
-            tok = job.chain.sample(self.ctx, s.row)
+        try:
+            if job.min_chain is not None and job.n_gen < job.request.min_tokens:
+                tok = job.min_chain.sample(self.ctx, s.row)
+                job.chain.accept(tok)
+            else:
+                tok = job.chain.sample(self.ctx, s.row)
+        except NoValidToken:
+            # Only a grammar can rule out every token: its document is complete (and end-of-generation
+            # is suppressed by ignore_eos/min_tokens or logit_bias), so the answer is done.
+            self._finish(s, "stop", tail=True)
+            return
         now = time.perf_counter()
         if job.n_gen == 0:
             job.first_token = now

@@ -1,15 +1,34 @@
-"""Per-request sampler chains, built from llama.cpp's samplers (no sampling in Python)."""
+"""Per-request sampler chains, built from llama.cpp's samplers (no sampling in Python).
+
+A grammar (JSON mode, forced tool calls) is kept out of the chain: the chain picks a
+token, the grammar checks just that token, and only when it is refused is the grammar
+applied to the whole vocabulary and the token picked again (llama.cpp's own server does
+the same). That keeps grammars cheap on large vocabularies, and it lets the engine see
+"no token is allowed" (a grammar that is complete while end-of-generation is
+suppressed, or a logit_bias that bans every allowed token) instead of llama.cpp
+aborting the process when the grammar is fed a token it refuses.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import math
 import random
 
 import llama_cpp
+import numpy as np
 
 from kronk.engine.protocol import SamplingParams
 from kronk.errors import InvalidRequest
 
 NEG_INF = float("-inf")
+
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+class NoValidToken(Exception):
+    """Every token is ruled out (by the grammar together with biases or suppressed tokens)."""
 
 
 class SamplerChain:
@@ -18,6 +37,8 @@ class SamplerChain:
     def __init__(self, vocab: llama_cpp.llama_vocab_p, n_vocab: int, params: SamplingParams,
                  suppress_tokens: list[int] | None = None):
         self.ptr = None
+        self.grammar = None
+        self.n_vocab = n_vocab
         sparams = llama_cpp.llama_sampler_chain_default_params()
         sparams.no_perf = True
         chain = llama_cpp.llama_sampler_chain_init(sparams)
@@ -25,12 +46,13 @@ class SamplerChain:
         add = lambda s: llama_cpp.llama_sampler_chain_add(chain, s)  # noqa: E731
 
         if params.grammar:
-            grammar = llama_cpp.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
-            if not grammar:
+            self.grammar = llama_cpp.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
+            if not self.grammar:
                 self.free()
                 raise InvalidRequest("the grammar (from response_format or tools) could not be parsed",
                                      param="response_format")
-            add(grammar)
+            self._cur = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+            self._one = np.zeros(1, dtype=_TOKEN_DATA)
 
         bias = dict(params.logit_bias)
         for t in suppress_tokens or ():
@@ -66,16 +88,57 @@ class SamplerChain:
             add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
     def sample(self, ctx: llama_cpp.llama_context_p, row: int) -> int:
-        """Sample from the logits of batch row ``row`` and accept the token."""
-        return llama_cpp.llama_sampler_sample(self.ptr, ctx, row)
+        """Sample from the logits of batch row ``row`` and accept the token (NoValidToken if none is allowed)."""
+        if self.grammar is None:
+            return llama_cpp.llama_sampler_sample(self.ptr, ctx, row)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, row), shape=(self.n_vocab,))
+        tok = self._pick(logits, with_grammar=False)
+        if tok is None or not self._allowed(tok):
+            tok = self._pick(logits, with_grammar=True)
+            if tok is None:
+                raise NoValidToken()
+        llama_cpp.llama_sampler_accept(self.grammar, tok)
+        llama_cpp.llama_sampler_accept(self.ptr, tok)
+        return tok
+
+    def _array(self, buf: np.ndarray) -> llama_cpp.llama_token_data_array:
+        return llama_cpp.llama_token_data_array(
+            data=buf.ctypes.data_as(llama_cpp.llama_token_data_p), size=len(buf), selected=-1, sorted=False)
+
+    def _pick(self, logits: np.ndarray, with_grammar: bool) -> int | None:
+        cur = self._cur
+        cur["id"] = np.arange(self.n_vocab, dtype=np.int32)
+        cur["logit"] = logits
+        cur["p"] = 0.0
+        arr = self._array(cur)
+        if with_grammar:
+            llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+            if not np.isfinite(cur["logit"]).any():
+                return None
+        llama_cpp.llama_sampler_apply(self.ptr, ctypes.byref(arr))
+        if not 0 <= arr.selected < arr.size:
+            return None
+        chosen = arr.data[arr.selected]
+        return None if math.isinf(chosen.logit) and chosen.logit < 0 else int(chosen.id)
+
+    def _allowed(self, tok: int) -> bool:
+        one = self._one
+        one[0] = (tok, 1.0, 0.0)
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(self._array(one)))
+        return bool(np.isfinite(one["logit"][0]))
 
     def accept(self, token: int) -> None:
+        if self.grammar is not None:
+            llama_cpp.llama_sampler_accept(self.grammar, token)
         llama_cpp.llama_sampler_accept(self.ptr, token)
 
     def free(self) -> None:
         if self.ptr:
             llama_cpp.llama_sampler_free(self.ptr)
             self.ptr = None
+        if self.grammar:
+            llama_cpp.llama_sampler_free(self.grammar)
+            self.grammar = None
 
     def __del__(self) -> None:  # safety net; the engine frees explicitly
         self.free()

@@ -221,3 +221,26 @@ async def test_gguf_chat_template_is_used_when_present():
         assert last.finish_reason in ("stop", "length") and "<|im_end|>" not in text
     finally:
         e.close()
+
+
+async def test_grammar_with_suppressed_eos_ends_instead_of_crashing(engine):
+    # Once the JSON document is complete only end-of-generation is allowed; ignore_eos bans it.
+    prompt = 'Cat: {"name": "Tom", "age": 3}\nDog:'
+    text, _, last, _ = await run(engine, prompt, max_tokens=200, ignore_eos=True,
+                                 sampling=SamplingParams(temperature=0, grammar=json_object_grammar()))
+    assert last.finish_reason in ("stop", "length")
+    if last.finish_reason == "stop":
+        assert isinstance(json.loads(text), dict)
+    assert (await run(engine, "still alive", max_tokens=2))[2].usage.completion_tokens == 2
+
+
+async def test_logit_bias_banning_every_grammar_token_ends_the_request(engine):
+    # the grammar of a single digit, with every digit token banned: nothing is allowed
+    m = engine.model
+    digits = {t: float("-inf") for t in range(m.n_vocab) if m.piece(t) in [d.encode() for d in "0123456789"]}
+    assert digits
+    text, tokens, last, _ = await run(engine, "A digit:", max_tokens=5,
+                                      sampling=SamplingParams(temperature=0, grammar='root ::= [0-9]',
+                                                              logit_bias=digits))
+    assert last.finish_reason == "stop" and tokens == []
+    assert (await run(engine, "still alive", max_tokens=2))[2].usage.completion_tokens == 2
