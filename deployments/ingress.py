@@ -14,6 +14,7 @@ from deployments.llm import deployment_name
 from kronk.api.app import create_app
 from kronk.api.backend import RequestContext, model_card, set_process_backend
 from kronk.api.errors import unwrap
+from kronk.security.auth import set_process_api_keys
 from kronk.settings import load_settings
 
 app = create_app(None)
@@ -123,3 +124,4 @@ class Ingress:
     def __init__(self, handles: dict[str, DeploymentHandle], settings_args: dict[str, Any]):
         self.settings = load_settings(settings_args)
         set_process_backend(ServeBackend(handles, settings_args))
+        set_process_api_keys(k.get_secret_value() for k in self.settings.api_keys)

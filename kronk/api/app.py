@@ -10,9 +10,12 @@ from kronk import __version__
 from kronk.api import errors, manage, openai
 from kronk.api.backend import Backend
 from kronk.api.openai import backend_of
+from kronk.security.auth import ApiKeyMiddleware
 
 
-def create_app(backend: Backend | None = None, extra_routers: list[Any] | None = None) -> FastAPI:
+def create_app(backend: Backend | None = None, extra_routers: list[Any] | None = None,
+               api_keys: list[str] | None = None) -> FastAPI:
+    """The app; ``api_keys`` None means the process-wide keys (set by the Serve ingress)."""
     app = FastAPI(title="kronk", version=__version__, description="Local LLM model server (OpenAI-compatible)")
     app.state.backend = backend
     errors.install(app)
@@ -30,4 +33,5 @@ def create_app(backend: Backend | None = None, extra_routers: list[Any] | None =
 
     for r in extra_routers or []:
         app.include_router(r)
+    app.add_middleware(ApiKeyMiddleware, keys=api_keys)
     return app
