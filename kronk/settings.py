@@ -102,7 +102,9 @@ class Settings(BaseSettings):
     address: str | None = Field(default=None, description="Ray cluster address to join (default: start one).")
     hf_token: SecretStr | None = Field(default=None, description="Hugging Face token (also read from HF_TOKEN).")
     hf_endpoint: str | None = Field(default=None, description="Hugging Face Hub endpoint (also HF_ENDPOINT).")
-    api_keys: list[SecretStr] = Field(default_factory=list, description="API keys required from non-local clients.")
+    # NoDecode: KRONK_API_KEYS may be `k1,k2` as well as a JSON list (decoded in _keys_from_text)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="API keys required from non-local clients.")
     log_level: str = Field(default="INFO", description="Log level.")
 
     # Defaults for every model (a model's own field wins).
@@ -132,6 +134,16 @@ class Settings(BaseSettings):
             v = json.loads(v) if v.strip().startswith(("[", "{")) else [s for s in re.split(r"[,\s]+", v) if s]
         if isinstance(v, list):
             return [{"name": m} if isinstance(m, str) else m for m in v]
+        return v
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys_from_text(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [k for k in re.split(r"[,\s]+", text) if k]
         return v
 
     @field_validator("home", "models_dir", mode="after")
