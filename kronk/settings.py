@@ -117,7 +117,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=512, ge=16, description="Tokens per llama_decode call.")
     min_replicas: int = Field(default=1, ge=0, description="Autoscaling lower bound per model.")
     max_replicas: int = Field(default=1, ge=1, description="Autoscaling upper bound per model.")
-    target_ongoing_requests: float = Field(default=4.0, gt=0, description="Autoscaling target per replica.")
+    target_ongoing_requests: float | None = Field(
+        default=None, gt=0, description="Autoscaling target per replica (default: the model's parallel).")
     num_cpus: float = Field(default=1.0, ge=0, description="Ray CPUs per model replica.")
     num_gpus: float = Field(default=0.0, ge=0, description="Ray GPUs per model replica.")
 
