@@ -12,10 +12,14 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.llm import deployment_name
 from kronk.api.app import create_app
-from kronk.api.backend import RequestContext, model_card, set_process_backend
+from kronk.api.backend import RequestContext, context_dict, model_card, set_process_backend
 from kronk.api.errors import unwrap
 from kronk.security.auth import set_process_api_keys
 from kronk.settings import load_settings
+from kronk.telemetry import tracing
+from kronk.telemetry.board import get_board, snapshot_key, start_publisher_in_actor
+from kronk.telemetry.metrics import Recorder, process_recorder, set_process_recorder
+from kronk.telemetry.stats import summarize
 
 app = create_app(None)
 
@@ -45,6 +49,7 @@ class ServeBackend:
         self._info: dict[str, dict[str, Any]] = {}
         self._replicas: dict[str, int] = {}
         self._replicas_at = 0.0
+        self._board: Any = None
 
     async def model_ids(self) -> list[str]:
         return list(self.handles)
@@ -90,8 +95,7 @@ class ServeBackend:
         return cards
 
     async def stream(self, model: str, kind: str, body: dict[str, Any], ctx: RequestContext) -> AsyncIterator[Any]:
-        gen = self.streams[model].stream.remote(kind, body, {"request_id": ctx.request_id,
-                                                              "traceparent": ctx.traceparent})
+        gen = self.streams[model].stream.remote(kind, body, context_dict(ctx))
         finished = False
         try:
             async for item in gen:
@@ -110,10 +114,27 @@ class ServeBackend:
             self._ops = ActorModelOps(get_or_create_model_manager(self.settings_args))
         return self._ops
 
+    async def telemetry(self) -> list[dict[str, Any]]:
+        """Every replica's snapshot from the stats board, this ingress's own taken fresh."""
+        own = process_recorder().snapshot()
+        try:
+            if self._board is None:
+                self._board = await asyncio.to_thread(get_board)
+            snaps = await asyncio.wait_for(self._board.all.remote(), timeout=5)
+        except Exception:  # the board is unreachable: this replica's numbers are better than none
+            self._board, snaps = None, []
+        return [s for s in snaps if snapshot_key(s) != snapshot_key(own)] + [own]
+
     async def stats(self) -> dict[str, Any]:
+        """Per model: one replica's live engine stats (``stats``, as before), the running replicas
+        and ``aggregate``, every replica's numbers together (see kronk.telemetry.stats.summarize)."""
+        agg = summarize(await self.telemetry())
+        running = await self.running_replicas()
         out = {}
         for m in self.handles:
-            info = await self._model_info(m)
+            info = dict(await self._model_info(m))
+            info["replicas"] = running.get(m, info.get("replicas", 1))
+            info["aggregate"] = agg.get(m)
             out[m] = info
         return {"models": out}
 
@@ -125,3 +146,12 @@ class Ingress:
         self.settings = load_settings(settings_args)
         set_process_backend(ServeBackend(handles, settings_args))
         set_process_api_keys(k.get_secret_value() for k in self.settings.api_keys)
+        tracing.setup()
+        rec = Recorder("ingress", serve.get_replica_context().replica_tag)
+        set_process_recorder(rec)
+        self._publisher = start_publisher_in_actor(rec)
+
+    def __del__(self) -> None:
+        pub = getattr(self, "_publisher", None)
+        if pub is not None:
+            pub.close()

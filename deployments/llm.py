@@ -22,6 +22,9 @@ from ray import serve
 
 from kronk.errors import EngineOverloaded, KronkError, ModelNotFound
 from kronk.settings import ModelConfig, Settings, load_settings
+from kronk.telemetry import tracing
+from kronk.telemetry.board import start_publisher_in_actor
+from kronk.telemetry.metrics import Recorder
 
 log = logging.getLogger("ray.serve")
 
@@ -37,6 +40,7 @@ def deployment_name(model: str) -> str:
 class _Req:
     kind: str
     body: dict[str, Any]
+    ctx: dict[str, Any] | None = None  # request_id, traceparent (the ingress's HTTP span)
     cancelled: bool = False
     done: bool = False
     task: asyncio.Task | None = None
@@ -125,6 +129,8 @@ class LlamaDeployment:
         self.model = self.settings.resolved_model(ModelConfig(**model))
         self.error: str | None = None
         self.service = None
+        self._publisher = None
+        tracing.setup()
         t0 = time.perf_counter()
         try:
             self.service = load_service(self.settings, self.model)
@@ -135,13 +141,21 @@ class LlamaDeployment:
         else:
             log.info("model %s loaded in %.1fs", self.model.name, time.perf_counter() - t0)
             self._batched.set_max_batch_size(self.model.parallel or 4)
+            self._start_telemetry()
+
+    def _start_telemetry(self) -> None:
+        """Metrics tagged with this replica; its snapshot (and engine gauges) go to the stats board."""
+        svc = self.service
+        assert svc is not None
+        rec = svc.recorder = Recorder("llm", serve.get_replica_context().replica_tag, model=self.model.name)
+        self._publisher = start_publisher_in_actor(rec, sample=lambda: rec.on_engine_stats(svc.engine.stats()))
 
     # ------------------------------------------------------------------ requests
     async def stream(self, kind: str, body: dict[str, Any], ctx: dict[str, Any] | None = None) -> AsyncIterator[Any]:
         """Items of one request (see kronk.api.service.ModelService.run), coalesced."""
         if self.service is None:
             raise EngineOverloaded(self.error or "model is not loaded", code="model_unavailable")
-        req = _Req(kind, body)
+        req = _Req(kind, body, ctx)
         try:
             async for item in self._batched(req):
                 if item is None:
@@ -194,7 +208,7 @@ class LlamaDeployment:
                 t.cancel()
 
     async def _pump(self, i: int, r: _Req, ready: asyncio.Queue) -> None:
-        gen = self.service.run(r.kind, r.body)
+        gen = self.service.run(r.kind, r.body, r.ctx)
         try:
             async for item in gen:
                 if r.cancelled:
@@ -236,6 +250,9 @@ class LlamaDeployment:
                 raise RuntimeError("the decode loop died")
 
     def __del__(self) -> None:
+        pub = getattr(self, "_publisher", None)
+        if pub is not None:
+            pub.close()
         svc = getattr(self, "service", None)
         if svc is not None:
             svc.engine.close()

@@ -40,6 +40,9 @@ class Backend(Protocol):
     def model_ops(self) -> Any:
         """The model manager (pulls, store, catalog): a kronk.api.manage.ModelOps."""
 
+    async def telemetry(self) -> list[dict[str, Any]]:
+        """Every replica's metrics snapshot (kronk.telemetry.metrics.Recorder.snapshot)."""
+
 
 _process_backend: Backend | None = None
 
@@ -55,6 +58,19 @@ def get_backend(app_backend: Backend | None) -> Backend:
     if b is None:
         raise RuntimeError("no backend is configured for this app")
     return b
+
+
+async def telemetry_of(backend: Backend) -> list[dict[str, Any]]:
+    """The backend's snapshots; this process's front-end recorder alone for a backend without any."""
+    from kronk.telemetry.metrics import process_recorder
+
+    fn = getattr(backend, "telemetry", None)
+    return await fn() if fn is not None else [process_recorder().snapshot()]
+
+
+def context_dict(ctx: RequestContext) -> dict[str, Any]:
+    """What crosses into a replica: the request id and the trace context (W3C traceparent)."""
+    return {"request_id": ctx.request_id, "traceparent": ctx.traceparent}
 
 
 def model_card(model_id: str, created: int, **extra: Any) -> dict[str, Any]:
@@ -84,14 +100,31 @@ class LocalBackend:
         return [model_card(mid, self.created) for mid in self.services]
 
     async def stream(self, model: str, kind: str, body: dict[str, Any], ctx: RequestContext) -> AsyncIterator[ItemT]:
-        gen = self.services[model].run(kind, body)
+        gen = self.services[model].run(kind, body, context_dict(ctx))
         try:
             async for item in gen:
                 yield item
         finally:
             await gen.aclose()
 
+    async def telemetry(self) -> list[dict[str, Any]]:
+        from kronk.telemetry.metrics import process_recorder
+
+        snaps = [process_recorder().snapshot()]
+        manager = getattr(self._ops, "manager", None)
+        if manager is not None and getattr(manager, "recorder", None) is not None:
+            snaps.append(manager.recorder.snapshot())
+        for s in self.services.values():
+            s.recorder.on_engine_stats(s.engine.stats())
+            snaps.append(s.recorder.snapshot())
+        return snaps
+
     async def stats(self) -> dict[str, Any]:
+        """Same shape as the Serve backend's: per model, its engine's live stats and the aggregate."""
         from dataclasses import asdict
 
-        return {"models": {mid: asdict(s.engine.stats()) for mid, s in self.services.items()}}
+        from kronk.telemetry.stats import summarize
+
+        agg = summarize(await self.telemetry())
+        return {"models": {mid: {"model": mid, "replica": s.recorder.replica, "stats": asdict(s.engine.stats()),
+                                 "replicas": 1, "aggregate": agg.get(mid)} for mid, s in self.services.items()}}

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kronk.api.openai import backend_of, read_json
 from kronk.errors import NotFound
+from kronk.telemetry import tracing
 
 router = APIRouter()
 
@@ -64,7 +65,8 @@ async def pull(request: Request) -> Any:
         body["model"] = body["name"]
     req = PullRequest.model_validate(body)
     ops = ops_of(request)
-    job = await ops.call("pull", req.model)
+    trace = tracing.carrier()  # the pull's spans continue this request's trace in the model manager
+    job = await (ops.call("pull", req.model, trace) if trace else ops.call("pull", req.model))
     if req.stream:
         return StreamingResponse(_progress(ops, job), media_type="text/event-stream")
     return job

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import uuid
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,8 +12,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from kronk.api.backend import Backend, RequestContext, get_backend
+from kronk.api.middleware import request_info, set_model
 from kronk.api.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from kronk.errors import InvalidRequest, ModelNotFound
+from kronk.telemetry import tracing
 
 router = APIRouter()
 
@@ -36,8 +38,10 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 
 def context_of(request: Request) -> RequestContext:
-    rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-    return RequestContext(request_id=rid, traceparent=request.headers.get("traceparent"))
+    """The request id (see kronk.api.middleware) and the trace context to continue in the replica:
+    the current (HTTP request) span when tracing is on, else the client's own ``traceparent``."""
+    return RequestContext(request_id=request_info(request).request_id,
+                          traceparent=tracing.current_traceparent() or request.headers.get("traceparent"))
 
 
 async def check_model(backend: Backend, model: str) -> None:
@@ -52,10 +56,16 @@ async def check_model(backend: Backend, model: str) -> None:
 
 
 async def serve(request: Request, kind: str, schema: type[BaseModel]) -> Response:
-    body = await read_json(request)
-    req = schema.model_validate(body)
     backend = backend_of(request)
-    await check_model(backend, req.model)  # type: ignore[attr-defined]
+    with tracing.span("kronk.route", attributes={"kronk.endpoint": kind}) as sp:
+        body = await read_json(request)
+        model = body.get("model")
+        if isinstance(model, str) and model in await backend.model_ids():
+            set_model(request, model)  # label this request's metrics, 4xx included, with a served model
+        req = schema.model_validate(body)
+        await check_model(backend, req.model)  # type: ignore[attr-defined]
+        if sp is not None:
+            sp.set_attributes({"kronk.model": req.model, "kronk.stream": bool(body.get("stream"))})  # type: ignore[attr-defined]
     items = backend.stream(req.model, kind, body, context_of(request))  # type: ignore[attr-defined]
     try:
         first = await items.__anext__()
@@ -65,14 +75,19 @@ async def serve(request: Request, kind: str, schema: type[BaseModel]) -> Respons
     if isinstance(first, dict):
         await items.aclose()
         return JSONResponse(first)
-    return StreamingResponse(_sse(first, items), media_type="text/event-stream",
+    return StreamingResponse(_sse(first, items, request_info(request).span), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _sse(first: str, items: AsyncIterator[Any]) -> AsyncIterator[str]:
+async def _sse(first: str, items: AsyncIterator[Any], parent: Any = None) -> AsyncIterator[str]:
+    """The SSE body; with tracing on, a ``kronk.stream_write`` span covers writing it to the client."""
+    n, size, t0 = 0, 0, time.time_ns()
     try:
+        n, size = 1, len(first)
         yield first
         async for item in items:
+            n += 1
+            size += len(item)
             yield item
     except Exception as e:  # mid-stream failure: tell the client in-band, then end the stream
         from kronk.api.errors import unwrap
@@ -83,6 +98,9 @@ async def _sse(first: str, items: AsyncIterator[Any]) -> AsyncIterator[str]:
                                                "code": getattr(inner, "code", None)}}) + "\n\n"
     finally:
         await items.aclose()
+        if parent is not None:
+            tracing.end_span(tracing.start_span("kronk.stream_write", parent, start_ns=t0),
+                             attributes={"kronk.items": n, "kronk.chars": size})
 
 
 @router.post("/v1/chat/completions")

@@ -28,6 +28,8 @@ from kronk.parsers import (
     render_tools_system_prompt,
     tool_call_grammar_schema,
 )
+from kronk.telemetry.generation import GenerationObserver
+from kronk.telemetry.metrics import Recorder
 
 ItemT = str | dict[str, Any]
 log = logging.getLogger("kronk.api")
@@ -81,6 +83,8 @@ class ModelService:
         self.tool_parser = tool_parser or guess_tool_parser(model_id, template)
         self.reasoning = reasoning if reasoning is not None else bool(template and "<think>" in template)
         self.fingerprint = system_fingerprint or f"kronk-{model_id}"
+        # metrics of this replica's requests (a model deployment replaces it with one tagged by replica)
+        self.recorder = Recorder("llm", "local", model=model_id)
         # A turn marker ends the answer: as a special token (it renders as no text) or as text.
         self.stop_markers: list[str] = []
         self.stop_token_ids: list[int] = []
@@ -90,17 +94,26 @@ class ModelService:
                 self.stop_token_ids.append(toks[0])
             self.stop_markers.append(marker)
 
-    async def run(self, kind: str, body: dict[str, Any]) -> AsyncIterator[ItemT]:
-        if kind == "chat":
-            gen = self.chat(ChatCompletionRequest.model_validate(body))
-        elif kind == "completions":
-            gen = self.completions(CompletionRequest.model_validate(body))
-        elif kind == "embeddings":
-            gen = self.embeddings(EmbeddingRequest.model_validate(body))
-        else:
-            raise InvalidRequest(f"unknown request kind {kind!r}")
-        async for item in gen:
-            yield item
+    async def run(self, kind: str, body: dict[str, Any], ctx: dict[str, Any] | None = None) -> AsyncIterator[ItemT]:
+        """``ctx``: the request context from the front end (``request_id``, ``traceparent``)."""
+        obs = GenerationObserver(self.recorder, self.model_id, kind, ctx)
+        error: BaseException | None = None
+        try:
+            if kind == "chat":
+                gen = self.chat(ChatCompletionRequest.model_validate(body), obs)
+            elif kind == "completions":
+                gen = self.completions(CompletionRequest.model_validate(body), obs)
+            elif kind == "embeddings":
+                gen = self.embeddings(EmbeddingRequest.model_validate(body), obs)
+            else:
+                raise InvalidRequest(f"unknown request kind {kind!r}")
+            async for item in gen:
+                yield item
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            obs.end(error)
 
     # ------------------------------------------------------------------ chat
     def _chat_messages(self, req: ChatCompletionRequest) -> list[dict[str, Any]]:
@@ -183,7 +196,7 @@ class ModelService:
             request_id=uuid.uuid4().hex, parse_special=parse_special,
         )
 
-    async def chat(self, req: ChatCompletionRequest) -> AsyncIterator[ItemT]:
+    async def chat(self, req: ChatCompletionRequest, obs: GenerationObserver | None = None) -> AsyncIterator[ItemT]:
         prompt, parser, grammar = self._chat_prompt(req)
         gen_req = self._request(req, prompt, grammar, self.stop_markers, parse_special=True)
         gen_req.stop_token_ids = list(self.stop_token_ids)
@@ -198,6 +211,8 @@ class ModelService:
                 async for c in _rest(first, chunks):
                     text += c.text
                     last = c
+                if obs is not None:
+                    obs.done(last)
                 parsed = parser.parse(text)
                 msg: dict[str, Any] = {"role": "assistant", "content": parsed.content}
                 if parsed.reasoning_content:
@@ -234,6 +249,8 @@ class ModelService:
                     out.append(sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                                           "finish_reason": None}]}))
                 if c.finish_reason:
+                    if obs is not None:
+                        obs.done(c)
                     finish = "tool_calls" if saw_tool else c.finish_reason
                     final = {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
                     if include_usage:
@@ -250,7 +267,8 @@ class ModelService:
             await chunks.aclose()
 
     # ------------------------------------------------------------------ completions
-    async def completions(self, req: CompletionRequest) -> AsyncIterator[ItemT]:
+    async def completions(self, req: CompletionRequest,
+                          obs: GenerationObserver | None = None) -> AsyncIterator[ItemT]:
         if req.suffix:
             raise Unsupported("suffix (fill-in-the-middle) is not supported", param="suffix")
         prompt = req.prompt
@@ -267,6 +285,8 @@ class ModelService:
                 async for c in _rest(first, chunks):
                     text += c.text
                     last = c
+                if obs is not None:
+                    obs.done(last)
                 yield {**base, "choices": [{"index": 0, "text": echo + text, "logprobs": None,
                                             "finish_reason": last.finish_reason}], "usage": usage_dict(last.usage)}
                 return
@@ -282,6 +302,8 @@ class ModelService:
                         ev["usage"] = usage_dict(c.usage)
                     parts.append(sse(ev))
                 if c.finish_reason:
+                    if obs is not None:
+                        obs.done(c)
                     if include_usage:
                         parts.append(sse({**base, "choices": [], "usage": usage_dict(c.usage)}))
                     parts.append("data: [DONE]\n\n")
@@ -291,7 +313,8 @@ class ModelService:
             await chunks.aclose()
 
     # ------------------------------------------------------------------ embeddings
-    async def embeddings(self, req: EmbeddingRequest) -> AsyncIterator[ItemT]:
+    async def embeddings(self, req: EmbeddingRequest,
+                         obs: GenerationObserver | None = None) -> AsyncIterator[ItemT]:
         vectors, n_tokens = await self.engine.embed(req.inputs())
         if req.dimensions is not None:
             if req.dimensions > len(vectors[0]):
@@ -307,6 +330,8 @@ class ModelService:
 
                 emb = base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
             data.append({"object": "embedding", "index": i, "embedding": emb})
+        if obs is not None:
+            obs.embedded(n_tokens)
         yield {"object": "list", "data": data, "model": self.model_id,
                "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
 

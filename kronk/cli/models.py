@@ -179,7 +179,13 @@ def ps_cmd(url: str | None, config: Path | None, home: Path | None, interval: fl
         st = info.get("stats") or {}
         before = (first.get(name) or {}).get("stats") or {}
         rate = (st.get("completion_tokens", 0) - before.get("completion_tokens", 0)) / dt if before else 0.0
+        agg = info.get("aggregate") or {}  # every replica together (docs/observability.md)
+        ttft = agg.get("ttft_s") or {}
         out.append({"model": name, "replica": info.get("replica"), "error": info.get("error"),
+                    "replicas": info.get("replicas"), "ttft_p50_s": ttft.get("p50"), "ttft_p95_s": ttft.get("p95"),
+                    "prefix_reuse": agg.get("prefix_cache_reuse_ratio"),
+                    "decode_tok_s": {b: d.get("mean") for b, d in (agg.get("decode_tok_s") or {}).items()},
+                    "total_requests": (agg.get("requests") or {}).get("total"),
                     "slots": st.get("n_slots"), "busy": st.get("active"), "waiting": st.get("waiting"),
                     "ctx_per_slot": st.get("n_ctx_slot"), "kv_cells_used": st.get("kv_cells_used"),
                     "kv_cells_total": st.get("kv_cells_total"), "requests": st.get("requests"),
@@ -191,10 +197,18 @@ def ps_cmd(url: str | None, config: Path | None, home: Path | None, interval: fl
     if not out:
         click.echo(f"no models loaded on {client.url}")
         return
-    table(["MODEL", "REPLICA", "BUSY", "WAITING", "KV USED", "REQUESTS", "PROMPT (REUSED)", "GENERATED", "TOK/S"],
-          [[r["model"], r["replica"] or r["error"] or "-", f"{r['busy']}/{r['slots']}", r["waiting"],
+
+    def ms(x: float | None) -> str:
+        return "-" if x is None else f"{x * 1000:.0f}"
+
+    table(["MODEL", "REPLICA", "REPLICAS", "BUSY", "WAITING", "KV USED", "REQUESTS", "PROMPT (REUSED)", "GENERATED",
+           "TOK/S", "TTFT P50/P95 MS", "REUSE"],
+          [[r["model"], r["replica"] or r["error"] or "-", r["replicas"] if r["replicas"] is not None else "-",
+            f"{r['busy']}/{r['slots']}", r["waiting"],
             f"{r['kv_cells_used']}/{r['kv_cells_total']}", r["requests"],
-            f"{r['prompt_tokens']} ({r['prompt_tokens_reused']})", r["completion_tokens"], r["tokens_per_s"]]
+            f"{r['prompt_tokens']} ({r['prompt_tokens_reused']})", r["completion_tokens"], r["tokens_per_s"],
+            f"{ms(r['ttft_p50_s'])}/{ms(r['ttft_p95_s'])}",
+            "-" if r["prefix_reuse"] is None else f"{r['prefix_reuse']:.0%}"]
            for r in out])
 
 

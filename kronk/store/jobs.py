@@ -18,6 +18,7 @@ from kronk.store.errors import InvalidRef, PullCancelled
 from kronk.store.progress import PullProgress
 from kronk.store.refs import parse_ref
 from kronk.store.store import ModelStore
+from kronk.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,14 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE: tuple[str, ...] = ("queued", "running")
 
 
+# pull phases (kronk.store.progress) -> span names
+PHASE_SPANS: dict[str, str | None] = {"resolving": "kronk.pull.resolve", "downloading": "kronk.pull.download",
+                                      "verifying": "kronk.pull.verify", "done": None}
+
+
 class PullJob:
-    def __init__(self, ref: str, model: str):
+    def __init__(self, ref: str, model: str, trace: dict[str, str] | None = None):
+        self.trace = trace  # W3C trace context of the request that started the job
         self.id = uuid.uuid4().hex[:16]
         self.ref = ref
         self.model = model
@@ -79,7 +86,10 @@ class PullJobManager:
         store: ModelStore | None = None,
         max_concurrent: int = 2,
         keep_finished: int = 100,
+        recorder: Any = None,
     ):
+        """``recorder``: a kronk.telemetry.metrics.Recorder that counts ended jobs (None: no metrics)."""
+        self.recorder = recorder
         if store is None:
             if settings is None:
                 raise ValueError("PullJobManager needs settings or a store")
@@ -91,10 +101,11 @@ class PullJobManager:
         self._jobs: dict[str, PullJob] = {}
         self._keep_finished = keep_finished
 
-    def start(self, ref: str) -> PullJob:
+    def start(self, ref: str, trace: dict[str, str] | None = None) -> PullJob:
         """Start pulling ``ref`` in the background (or join the running pull of the same model).
 
         A malformed reference or an unknown catalog name raises at once (InvalidRef, UnknownModel).
+        ``trace`` (a W3C ``traceparent`` carrier) makes the job's spans part of the caller's trace.
         """
         if parse_ref(ref).kind == "local":
             raise InvalidRef(f"{ref} is a local file: serve it by path, there is nothing to pull")
@@ -103,41 +114,60 @@ class PullJobManager:
             for job in self._jobs.values():
                 if job.model == model and job.active:
                     return job
-            job = PullJob(ref, model)
+            job = PullJob(ref, model, trace)
             self._jobs[job.id] = job
             self._trim()
         threading.Thread(target=self._run, args=(job,), name=f"kronk-pull-{job.id}", daemon=True).start()
         return job
 
     def _run(self, job: PullJob) -> None:
+        spans = tracing.PhaseSpans("kronk.pull", job.trace, PHASE_SPANS, {
+            "kronk.pull.job_id": job.id, "kronk.pull.ref": job.ref, "kronk.model": job.model}) \
+            if tracing.enabled() else None
+
+        def on_progress(p: Any) -> None:
+            job._on_progress(p)
+            if spans is not None:
+                spans.phase(p.phase, {"kronk.pull.file": p.file})
+
         while not self._slots.acquire(timeout=0.2):
             if job.cancel_event.is_set():
-                self._end(job, "cancelled", "cancelled before it started", "pull_cancelled")
+                self._end(job, "cancelled", "cancelled before it started", "pull_cancelled", spans)
                 return
         try:
             if job.cancel_event.is_set():
                 raise PullCancelled("cancelled before it started")
             job.status, job.started_at = "running", time.time()
             manifest = self.store.pull(
-                job.ref, progress=job._on_progress, cancel=job.cancel_event, progress_interval_s=0.0
+                job.ref, progress=on_progress, cancel=job.cancel_event, progress_interval_s=0.0
             )
             job.manifest = manifest.to_dict()
-            self._end(job, "succeeded")
+            self._end(job, "succeeded", spans=spans)
         except PullCancelled as e:
-            self._end(job, "cancelled", e.message, e.code)
+            self._end(job, "cancelled", e.message, e.code, spans)
         except KronkError as e:
-            self._end(job, "failed", e.message, e.code)
+            self._end(job, "failed", e.message, e.code, spans)
         except Exception as e:
             log.exception("pull job %s (%s) failed", job.id, job.model)
-            self._end(job, "failed", f"{type(e).__name__}: {e}", "internal_error")
+            self._end(job, "failed", f"{type(e).__name__}: {e}", "internal_error", spans)
         finally:
             self._slots.release()
 
-    def _end(self, job: PullJob, status: JobStatus, error: str | None = None, code: str | None = None) -> None:
+    def _end(self, job: PullJob, status: JobStatus, error: str | None = None, code: str | None = None,
+             spans: tracing.PhaseSpans | None = None) -> None:
         if error and self._secret:
             error = error.replace(self._secret, "***")
         job.error, job.error_code = error, code
         job.finished_at = time.time()
+        moved = job.progress.bytes_moved if job.progress else 0
+        if spans is not None:
+            spans.end(RuntimeError(error) if status == "failed" else None, {
+                "kronk.pull.status": status, "kronk.pull.bytes": moved, "kronk.pull.error_code": code})
+        if self.recorder is not None:
+            try:
+                self.recorder.on_pull(job.model, status, moved, code)
+            except Exception:  # metrics never fail a pull
+                log.exception("recording pull metrics failed")
         job.status = status
         job.done_event.set()
 

@@ -12,6 +12,9 @@ from typing import Any
 from kronk.catalog import Catalog
 from kronk.settings import Settings
 from kronk.store import ModelNotFound, ModelStore, PullJobManager, parse_ref
+from kronk.telemetry import tracing
+from kronk.telemetry.board import start_publisher_in_actor
+from kronk.telemetry.metrics import Recorder
 
 
 class ModelManager:
@@ -19,16 +22,22 @@ class ModelManager:
         self.settings = Settings(**(settings_args or {}))
         self.catalog_ = Catalog.load(self.settings)
         self.store = ModelStore(self.settings, catalog=self.catalog_)
-        self.jobs_ = PullJobManager(store=self.store)
+        tracing.setup("kronk")
+        self.recorder = Recorder("manager", "model-manager")
+        self.jobs_ = PullJobManager(store=self.store, recorder=self.recorder)
+        self._publisher = start_publisher_in_actor(self.recorder)
 
     def ready(self) -> bool:
         return True
 
     # ------------------------------------------------------------------ pulls
 
-    def pull(self, ref: str) -> dict[str, Any]:
-        """Start (or join) a background pull; returns the job's snapshot at once."""
-        return self.jobs_.start(ref).snapshot()
+    def pull(self, ref: str, trace: dict[str, str] | None = None) -> dict[str, Any]:
+        """Start (or join) a background pull; returns the job's snapshot at once.
+
+        ``trace``: the caller's W3C trace context (``{"traceparent": ...}``) for the pull's spans.
+        """
+        return self.jobs_.start(ref, trace).snapshot()
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         job = self.jobs_.get(job_id)

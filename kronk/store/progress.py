@@ -23,6 +23,7 @@ class PullProgress:
     eta_s: float | None
     file: str | None
     phase: Phase
+    bytes_moved: int = 0  # bytes downloaded or copied in this pull (not counting what was on disk)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,7 +95,7 @@ class ProgressTracker:
         rate = self.rate_bps
         left = max(self.bytes_total - self.bytes_done, 0)
         eta = 0.0 if self.phase == "done" else (left / rate if rate > 0 and self.bytes_total else None)
-        return PullProgress(self.bytes_done, self.bytes_total, rate, eta, self.file, self.phase)
+        return PullProgress(self.bytes_done, self.bytes_total, rate, eta, self.file, self.phase, self._moved)
 
     def _emit(self, force: bool = False) -> None:
         if self._cb is None:

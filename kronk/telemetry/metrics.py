@@ -1,0 +1,207 @@
+"""Recording: one call updates this process's :class:`MetricStore` and, inside Ray, Ray's metric.
+
+Code that knows a number calls a :class:`Recorder` (``on_generation``,
+``on_http_request``, ``on_engine_stats``, ``on_pull``) without caring whether Ray
+is there: Ray metrics (``ray.util.metrics``, exported by Ray's Prometheus
+endpoint as ``ray_<name>``) are created lazily, once per process, and only when
+the process runs inside Ray. Every series carries ``model`` and ``replica``.
+Recording happens once per request (or per sample), never per token.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from kronk.telemetry import specs
+from kronk.telemetry.buckets import context_bucket
+from kronk.telemetry.specs import Spec
+from kronk.telemetry.stats import LabelKey, MetricStore
+
+log = logging.getLogger("kronk.telemetry")
+
+_ray_metrics: dict[str, Any] = {}
+_ray_lock = threading.Lock()
+
+
+def in_ray() -> bool:
+    """True inside a Ray worker or driver (without importing Ray when it is not loaded)."""
+    ray = sys.modules.get("ray")
+    try:
+        return ray is not None and bool(ray.is_initialized())
+    except Exception:
+        return False
+
+
+def _ray_metric(spec: Spec) -> Any:
+    m = _ray_metrics.get(spec.name)
+    if m is not None:
+        return m
+    with _ray_lock:
+        if spec.name not in _ray_metrics:
+            from ray.util import metrics as rm
+
+            if spec.kind == "counter":
+                m = rm.Counter(spec.name, description=spec.help, tag_keys=spec.labels)
+            elif spec.kind == "gauge":
+                m = rm.Gauge(spec.name, description=spec.help, tag_keys=spec.labels)
+            else:
+                m = rm.Histogram(spec.name, description=spec.help, boundaries=list(spec.bounds),
+                                 tag_keys=spec.labels)
+            _ray_metrics[spec.name] = m
+        return _ray_metrics[spec.name]
+
+
+@dataclass
+class GenerationNumbers:
+    """What one finished generation measured (from its final chunk's usage and timings)."""
+
+    prompt_tokens: int
+    reused_tokens: int
+    completion_tokens: int
+    queue_s: float
+    prefill_s: float
+    ttft_s: float
+    decode_s: float
+    context_tokens: int
+    context_bucket: str
+    prefill_tok_s: float | None
+    decode_tok_s: float | None
+    inter_token_latency_s: float | None
+
+    @property
+    def prefill_tokens(self) -> int:
+        return self.prompt_tokens - self.reused_tokens
+
+    @classmethod
+    def of(cls, usage: Any, timings: Any) -> GenerationNumbers:
+        """Decode speed counts the tokens after the first over the time after the first token;
+        inter-token latency is its inverse, the mean gap of this generation."""
+        p, r, c = usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens
+        q, pre, ttft, dec = timings.queue_s, timings.prefill_s, timings.ttft_s, timings.decode_s
+        ctx = timings.context_tokens or (p + c)
+        steady = c > 1 and dec > 0
+        return cls(p, r, c, q, pre, ttft, dec, ctx, context_bucket(ctx),
+                   (p - r) / pre if p > r and pre > 0 else None,
+                   (c - 1) / dec if steady else None, dec / (c - 1) if steady else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Recorder:
+    """One process's (one replica's) metrics; ``snapshot()`` is what ``/metrics`` and ``/v1/stats`` read."""
+
+    def __init__(self, component: str, replica: str, model: str | None = None, use_ray: bool | None = None):
+        self.component = component
+        self.replica = replica
+        self.model = model
+        self.store = MetricStore()
+        self.use_ray = in_ray() if use_ray is None else use_ray
+        self.engine: dict[str, Any] | None = None
+        self.on_change: Callable[[], None] | None = None  # e.g. a Publisher's poke()
+
+    # ------------------------------------------------------------------ primitives
+    def _key(self, spec: Spec, labels: dict[str, Any]) -> tuple[LabelKey, dict[str, str]]:
+        tags = {"model": self.model or "", "replica": self.replica}
+        tags.update({k: str(v) for k, v in labels.items() if v is not None})
+        tags = {k: tags.get(k, "") for k in spec.labels}
+        return tuple(tags.items()), tags
+
+    def _ray(self, spec: Spec, method: str, value: float, tags: dict[str, str]) -> None:
+        if not self.use_ray:
+            return
+        try:
+            getattr(_ray_metric(spec), method)(value, tags=tags)
+        except Exception:  # metrics must never break serving
+            log.warning("recording %s in Ray failed; Ray metrics are off for this recorder", spec.name,
+                        exc_info=True)
+            self.use_ray = False
+
+    def inc(self, spec: Spec, value: float = 1.0, **labels: Any) -> None:
+        if value <= 0:
+            return
+        key, tags = self._key(spec, labels)
+        self.store.inc(spec.name, key, value)
+        self._ray(spec, "inc", value, tags)
+
+    def set(self, spec: Spec, value: float, **labels: Any) -> None:
+        key, tags = self._key(spec, labels)
+        self.store.set(spec.name, key, value)
+        self._ray(spec, "set", value, tags)
+
+    def observe(self, spec: Spec, value: float, **labels: Any) -> None:
+        key, tags = self._key(spec, labels)
+        self.store.observe(spec.name, key, value, spec.bounds)
+        self._ray(spec, "observe", value, tags)
+
+    def changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    # ------------------------------------------------------------------ what kronk records
+    def on_http_request(self, route: str, status: int, model: str | None = None) -> None:
+        self.inc(specs.REQUESTS, 1, model=model or "", route=route, status=status)
+        self.changed()
+
+    def on_generation(self, usage: Any, timings: Any, model: str | None = None) -> GenerationNumbers:
+        n = GenerationNumbers.of(usage, timings)
+        m = {"model": model} if model else {}
+        self.inc(specs.PROMPT_TOKENS, n.prompt_tokens, **m)
+        self.inc(specs.REUSED_TOKENS, n.reused_tokens, **m)
+        self.inc(specs.COMPLETION_TOKENS, n.completion_tokens, **m)
+        self.observe(specs.QUEUE_WAIT, n.queue_s, **m)
+        self.observe(specs.TTFT, n.ttft_s, **m)
+        if n.decode_tok_s is not None and n.inter_token_latency_s is not None:
+            self.observe(specs.DECODE_TPS, n.decode_tok_s, context_bucket=n.context_bucket, **m)
+            self.observe(specs.ITL, n.inter_token_latency_s, **m)
+        if n.prefill_tok_s is not None:
+            self.observe(specs.PREFILL_TPS, n.prefill_tok_s, **m)
+        self.changed()
+        return n
+
+    def on_embedding(self, prompt_tokens: int, model: str | None = None) -> None:
+        self.inc(specs.PROMPT_TOKENS, prompt_tokens, **({"model": model} if model else {}))
+        self.changed()
+
+    def on_engine_stats(self, st: Any) -> None:
+        """Gauges from an EngineStats sample (KV cells, active and waiting sequences)."""
+        self.set(specs.KV_USED, st.kv_cells_used)
+        self.set(specs.KV_TOTAL, st.kv_cells_total)
+        self.set(specs.ACTIVE, st.active)
+        self.set(specs.WAITING, st.waiting)
+        self.engine = {k: v for k, v in asdict(st).items() if k != "slots"}
+
+    def on_pull(self, model: str, status: str, bytes_moved: int, code: str | None = None) -> None:
+        self.inc(specs.PULL_JOBS, 1, model=model, status=status)
+        self.inc(specs.PULL_BYTES, bytes_moved, model=model)
+        if status == "failed":
+            self.inc(specs.PULL_FAILURES, 1, model=model, code=code or "unknown")
+        self.changed()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data (picklable, JSON-able): who, when, every series, the last engine sample."""
+        return {"component": self.component, "replica": self.replica, "model": self.model, "pid": os.getpid(),
+                "time": time.time(), "series": self.store.series(), "engine": self.engine}
+
+
+_process: Recorder | None = None
+
+
+def process_recorder() -> Recorder:
+    """This process's front-end recorder (the ingress sets its own; in-process servers get ``local``)."""
+    global _process
+    if _process is None:
+        _process = Recorder("ingress", "local")
+    return _process
+
+
+def set_process_recorder(rec: Recorder) -> None:
+    global _process
+    _process = rec

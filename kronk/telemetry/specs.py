@@ -1,0 +1,77 @@
+"""Every kronk metric: name, kind, labels, help, histogram boundaries. Pure data.
+
+kronk's own ``GET /metrics`` serves ``kronk_x``; Ray's Prometheus endpoint exports
+the same metric as ``ray_kronk_x`` (:data:`RAY_PREFIX` + name), with Ray's labels
+added. The names differ so that a Prometheus scraping both never sums one number
+twice. Label names avoid the ones Prometheus and its Operator attach to targets
+(``endpoint``, ``instance``, ``job``, ``pod``...): the HTTP endpoint is ``route``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+RAY_PREFIX = "ray_"
+BASE_LABELS = ("model", "replica")
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = BASE_LABELS
+    bounds: tuple[float, ...] = ()
+
+    @property
+    def ray_name(self) -> str:
+        """The name on Ray's Prometheus endpoint."""
+        return RAY_PREFIX + self.name
+
+
+SECONDS_FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+SECONDS_TTFT = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
+                20.0, 30.0, 60.0, 120.0)
+SECONDS_ITL = (0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25,
+               0.5, 1.0)
+DECODE_TOK_S = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 80.0, 100.0, 125.0, 150.0, 200.0, 300.0,
+                500.0, 750.0, 1000.0, 2000.0, 5000.0)
+PREFILL_TOK_S = (10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 3000.0, 5000.0, 10000.0, 20000.0, 50000.0,
+                 100000.0)
+
+REQUESTS = Spec("kronk_requests_total", "counter", "HTTP requests by endpoint (its route template) and status "
+                "code, counted by the ingress when the response ends.", (*BASE_LABELS, "route", "status"))
+QUEUE_WAIT = Spec("kronk_queue_wait_seconds", "histogram", "Time a generation waited for a sequence slot.",
+                  bounds=SECONDS_FAST)
+TTFT = Spec("kronk_ttft_seconds", "histogram", "Time to first token: submitted to the engine -> first token "
+            "sampled (queue wait + prefill).", bounds=SECONDS_TTFT)
+ITL = Spec("kronk_inter_token_latency_seconds", "histogram", "Mean time between tokens of one generation "
+           "(decode time / (completion tokens - 1)); one observation per generation.", bounds=SECONDS_ITL)
+PROMPT_TOKENS = Spec("kronk_prompt_tokens_total", "counter", "Prompt tokens of finished requests (usage.prompt_"
+                     "tokens; embeddings included).")
+REUSED_TOKENS = Spec("kronk_prompt_tokens_reused_total", "counter", "Prompt tokens reused from a slot's KV "
+                     "cache (prefix cache hits; usage.prompt_tokens_details.cached_tokens).")
+COMPLETION_TOKENS = Spec("kronk_completion_tokens_total", "counter", "Generated tokens of finished requests "
+                         "(usage.completion_tokens).")
+DECODE_TPS = Spec("kronk_decode_tokens_per_second", "histogram", "Decode speed of one generation ((completion "
+                  "tokens - 1) / decode time) by the context size at its end.", (*BASE_LABELS, "context_bucket"),
+                  bounds=DECODE_TOK_S)
+PREFILL_TPS = Spec("kronk_prefill_tokens_per_second", "histogram", "Prefill speed of one generation (prompt "
+                   "tokens not reused / prefill time).", bounds=PREFILL_TOK_S)
+KV_USED = Spec("kronk_kv_cells_used", "gauge", "KV cache cells holding tokens (all slots of the replica).")
+KV_TOTAL = Spec("kronk_kv_cells_total", "gauge", "KV cache cells of the replica (slots x context per slot).")
+ACTIVE = Spec("kronk_active_sequences", "gauge", "Sequence slots prefilling or generating.")
+WAITING = Spec("kronk_waiting_sequences", "gauge", "Requests waiting for a free sequence slot.")
+PULL_JOBS = Spec("kronk_pull_jobs_total", "counter", "Pull jobs that ended, by status (succeeded, failed, "
+                 "cancelled).", (*BASE_LABELS, "status"))
+PULL_BYTES = Spec("kronk_pull_bytes_total", "counter", "Bytes pulled into the store (downloaded or copied), "
+                  "counted when a pull job ends.")
+PULL_FAILURES = Spec("kronk_pull_failures_total", "counter", "Pull jobs that failed, by error code.",
+                     (*BASE_LABELS, "code"))
+
+SPECS: dict[str, Spec] = {s.name: s for s in (
+    REQUESTS, QUEUE_WAIT, TTFT, ITL, PROMPT_TOKENS, REUSED_TOKENS, COMPLETION_TOKENS, DECODE_TPS, PREFILL_TPS,
+    KV_USED, KV_TOTAL, ACTIVE, WAITING, PULL_JOBS, PULL_BYTES, PULL_FAILURES)}
