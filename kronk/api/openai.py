@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -118,6 +119,14 @@ async def embeddings(request: Request) -> Response:
     return await serve(request, "embeddings", EmbeddingRequest)
 
 
+def _unix(stamp: Any) -> int:
+    """A manifest's ISO-8601 time as Unix seconds (OpenAI's `created`)."""
+    try:
+        return int(datetime.fromisoformat(str(stamp)).timestamp())
+    except (TypeError, ValueError):
+        return 0
+
+
 async def installed_models(backend: Backend) -> list[dict[str, Any]]:
     try:
         return await backend.model_ops().call("list_models")  # type: ignore[attr-defined]
@@ -133,7 +142,7 @@ async def list_models(request: Request) -> dict[str, Any]:
     served = {c["id"] for c in cards}
     for m in await installed_models(backend):
         if m["name"] not in served:
-            cards.append({"id": m["name"], "object": "model", "created": int(m.get("created_at") or 0),
+            cards.append({"id": m["name"], "object": "model", "created": _unix(m.get("created_at")),
                           "owned_by": "kronk", "served": False, "status": "installed"})
     return {"object": "list", "data": cards}
 
