@@ -50,6 +50,9 @@ class ServeBackend:
         self._replicas: dict[str, int] = {}
         self._replicas_at = 0.0
         self._board: Any = None
+        settings = load_settings(settings_args)
+        # Only a model that may scale to zero can have no replica; the others are always asked.
+        self._scales_to_zero = {m: settings.resolved_model(m).min_replicas == 0 for m in handles}
 
     async def model_ids(self) -> list[str]:
         return list(self.handles)
@@ -71,7 +74,7 @@ class ServeBackend:
 
     async def _model_info(self, model: str) -> dict[str, Any]:
         # Asking a model scaled to zero would start a replica: describe it from what is known instead.
-        if (await self.running_replicas()).get(model, 1) == 0:
+        if self._scales_to_zero.get(model) and (await self.running_replicas()).get(model, 1) == 0:
             return {**self._info.get(model, {}), "model": model, "replicas": 0, "stats": None}
         try:
             info = await asyncio.wait_for(self.handles[model].info.remote(), timeout=5)

@@ -174,7 +174,8 @@ async def test_generation_stops_with_length_when_context_is_full():
     try:
         _, tokens, last, _ = await run(e, "Count: 1, 2, 3,", ignore_eos=True)
         assert last.finish_reason == "length"
-        assert last.usage.prompt_tokens + last.usage.completion_tokens == 64
+        # llama.cpp rounds a slot's context up (to 256 here): the answer fills exactly what there is
+        assert last.usage.prompt_tokens + last.usage.completion_tokens == e.n_ctx_slot
     finally:
         e.close()
 
