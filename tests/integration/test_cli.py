@@ -155,7 +155,7 @@ def test_config_show_never_prints_the_token(home: Path) -> None:
             assert TOKEN not in p.stdout + p.stderr
             assert "********" in p.stdout
     # a bad value next to a secret: the error names the setting, never the secret
-    p = kronk("config", "show", env=clean_env(home, KRONK_API_KEYS=TOKEN))
+    p = kronk("config", "show", env=clean_env(home, KRONK_API_KEYS='["' + TOKEN))  # broken JSON list
     assert p.returncode == 2 and TOKEN not in p.stdout + p.stderr and "api_keys" in p.stderr
 
 
