@@ -28,7 +28,7 @@ from kronk.telemetry.metrics import Recorder
 
 log = logging.getLogger("ray.serve")
 
-STREAM_INTERVAL_S = float(os.environ.get("KRONK_STREAM_INTERVAL_MS", "40")) / 1000
+STREAM_INTERVAL_S = float(os.environ.get("KRONK_STREAM_INTERVAL_MS", "100")) / 1000
 MAX_CONCURRENT_BATCHES = 16
 
 
