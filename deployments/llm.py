@@ -82,7 +82,14 @@ def load_service(settings: Settings, m: ModelConfig):
 
         log.info("model %s is not in %s: pulling it through the model manager", m.name, settings.models_path)
         mm = get_or_create_model_manager(settings.to_args())
-        path = ray.get(mm.resolve.remote(m.model_dump()))
+        ref = mm.resolve.remote(m.model_dump())
+        while not ray.wait([ref], timeout=5.0)[0]:  # the pull's progress in this replica's log
+            for job in ray.get(mm.jobs.remote()):
+                if job["status"] == "running" and job.get("bytes_total"):
+                    log.info("model %s: pulling %s, %.0f%% (%.1f of %.1f MB, %.1f MB/s)", m.name, job["ref"],
+                             100 * job["bytes_done"] / job["bytes_total"], job["bytes_done"] / 1e6,
+                             job["bytes_total"] / 1e6, (job.get("rate_bps") or 0) / 1e6)
+        path = ray.get(ref)
         manifest = store.resolve_manifest(m)
     template = getattr(manifest, "chat_template", None) if manifest else None
     cfg = EngineConfig.from_model(m, str(path), chat_template=template)
