@@ -15,24 +15,22 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import httpx
 import pytest
+import ray
+from ray import serve
 
-ray = pytest.importorskip("ray")
-
-from ray import serve  # noqa: E402
-
-from deployments.app import build_app, wait_until_running  # noqa: E402
-from deployments.llm import deployment_name  # noqa: E402
+from deployments.app import build_app, wait_until_running
+from deployments.llm import deployment_name
+from tests.integration.utils import free_port, until
 
 pytestmark = pytest.mark.slow
 
@@ -42,23 +40,6 @@ ENGINE = {"parallel": 2, "ctx_size": 512, "threads": 1, "num_cpus": 0.5}
 FAST_SCALING = {"upscale_delay_s": 1.0, "downscale_delay_s": 4.0, "look_back_period_s": 2.0}
 # Two busy replicas on two cores answer Serve's queue-length probes slowly (default deadline 0.1s).
 RAY_ENV = {"RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "0.5"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def until(cond: Any, timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(interval_s)
 
 
 def replica_states(model: str) -> dict[str, int]:

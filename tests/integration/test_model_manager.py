@@ -15,13 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 
-ray = pytest.importorskip("ray")
-
-from deployments.model_manager import ACTOR_NAME, NAMESPACE, get_or_create_model_manager  # noqa: E402
-from kronk.settings import Settings  # noqa: E402
-from kronk.store import ModelNotFound  # noqa: E402
-from tests.hubserver import HubServer, make_gguf  # noqa: E402
+from deployments.model_manager import ACTOR_NAME, NAMESPACE, get_or_create_model_manager
+from kronk.settings import Settings
+from kronk.store import ModelNotFound
+from tests.hubserver import HubServer, make_gguf
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,6 @@ as every pod of the RayService mounts one ReadWriteMany volume.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,17 +23,16 @@ from typing import Any
 
 import httpx
 import pytest
+import ray
+from ray import serve
+from ray.cluster_utils import Cluster
 
-ray = pytest.importorskip("ray")
-
-from ray import serve  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
-
-from deployments.app import build_app, wait_until_running  # noqa: E402
-from deployments.llm import deployment_name  # noqa: E402
-from deployments.model_manager import ACTOR_NAME, NAMESPACE  # noqa: E402
-from tests.hubserver import HubServer  # noqa: E402
-from tests.models import gemma_path  # noqa: E402
+from deployments.app import build_app, wait_until_running
+from deployments.llm import deployment_name
+from deployments.model_manager import ACTOR_NAME, NAMESPACE
+from tests.hubserver import HubServer
+from tests.integration.utils import free_port
+from tests.models import gemma_path
 
 pytestmark = pytest.mark.slow
 
@@ -43,23 +41,6 @@ HUB_FILE = "gemma-3-270m-Q4_K_M.gguf"
 SHARED = "gemma-hub"  # two replicas, one per node, one download
 PINNED = "gemma3-270m"  # the default model, pinned to the "GPU" node
 SMALL = {"parallel": 2, "ctx_size": 512, "threads": 1, "num_cpus": 0.5}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def until(cond: Any, timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(interval_s)
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,18 @@ def serve_app(args: dict[str, Any], num_cpus: int = 4, timeout_s: float = 300.0)
             ray.shutdown()
 
 
+def until(cond: Any, timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
+    """cond()'s first truthy value; AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
 def wait_for(pred, timeout_s: float = 20.0, interval_s: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
