@@ -207,10 +207,7 @@ class ModelService:
         try:
             first = await _first(chunks)
             if not req.stream:
-                text, last = first.text, first
-                async for c in _rest(first, chunks):
-                    text += c.text
-                    last = c
+                text, last = await _collect(first, chunks)
                 if obs is not None:
                     obs.done(last)
                 parsed = parser.parse(text)
@@ -281,10 +278,7 @@ class ModelService:
             base = {"id": rid, "object": "text_completion", "created": created, "model": self.model_id,
                     "system_fingerprint": self.fingerprint}
             if not req.stream:
-                text, last = first.text, first
-                async for c in _rest(first, chunks):
-                    text += c.text
-                    last = c
+                text, last = await _collect(first, chunks)
                 if obs is not None:
                     obs.done(last)
                 yield {**base, "choices": [{"index": 0, "text": echo + text, "logprobs": None,
@@ -344,6 +338,15 @@ def _renorm(v: list[float]) -> list[float]:
 async def _first(chunks: AsyncIterator[GenerationChunk]) -> GenerationChunk:
     """The first chunk: request errors surface here, before any byte is sent."""
     return await chunks.__anext__()
+
+
+async def _collect(first: GenerationChunk, chunks: AsyncIterator[GenerationChunk]) -> tuple[str, GenerationChunk]:
+    """The whole text of a non-streamed answer and its last (finishing) chunk."""
+    parts, last = [first.text], first
+    async for c in _rest(first, chunks):
+        parts.append(c.text)
+        last = c
+    return "".join(parts), last
 
 
 async def _rest(first: GenerationChunk, chunks: AsyncIterator[GenerationChunk],
