@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -123,15 +124,16 @@ def table(conc_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict]) -> 
     return "\n".join(lines)
 
 
-def save(conc_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict], meta: dict[str, Any]) -> None:
+def save(conc_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict], meta: dict[str, Any],
+         out: Path = OUT) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("concurrency", conc_rows), ("chat_turns", chat_rows), ("kv_types", kv_rows)):
         if rows:
-            pq.write_table(pa.Table.from_pylist(rows), OUT / f"{name}.parquet")
-    (OUT / "meta.json").write_text(json.dumps(meta, indent=2))
+            pq.write_table(pa.Table.from_pylist(rows), out / f"{name}.parquet")
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
     try:
         import matplotlib
 
@@ -150,7 +152,7 @@ def save(conc_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict], meta
         b.set(xlabel="chat turn", ylabel="TTFT ms", title="12-turn chat: time to first token")
         b.legend()
         fig.tight_layout()
-        fig.savefig(OUT / "bench.png", dpi=100)
+        fig.savefig(out / "bench.png", dpi=100)
     except ImportError:
         pass
 
@@ -164,6 +166,8 @@ def main() -> None:
     ap.add_argument("--chat-tokens", type=int, default=48, help="tokens per chat turn")
     ap.add_argument("--ctx", type=int, default=2048, help="context per slot")
     ap.add_argument("--skip", default="", help="comma list of: engine,serve,llama-server")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results folder (default: benchmarks/results, or a temporary one with --skip)")
     args = ap.parse_args()
     model = args.model or default_model()
     conc = [int(x) for x in args.concurrency.split(",")]
@@ -197,10 +201,12 @@ def main() -> None:
             chat_rows += c
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.processor() or platform.machine(),
             "threads": threads, "model": model, "tokens": args.tokens, "ctx_per_slot": args.ctx}
-    save(conc_rows, chat_rows, kv_rows, meta)
+    # a partial run (--skip) never overwrites the full results unless asked to
+    out = args.out or (Path(tempfile.mkdtemp(prefix="kronk-bench-")) if skip else OUT)
+    save(conc_rows, chat_rows, kv_rows, meta, out)
     md = table(conc_rows, chat_rows, kv_rows)
-    (OUT / "results.md").write_text(md + "\n")
-    print("\n" + md)
+    (out / "results.md").write_text(md + "\n")
+    print("\n" + md + f"\n\nresults in {out}")
 
 
 if __name__ == "__main__":
