@@ -84,14 +84,10 @@ class ModelStore:
 
     def get(self, name: str) -> Manifest | None:
         """The present model called ``name`` (a store name or any reference to it), else None."""
-        try:
-            _, _, name = self._target(name)
-        except (InvalidRef, KeyError):
-            pass
-        try:
-            folder = self.model_dir(name)
-        except InvalidRef:
+        found = self._named(name)
+        if found is None:
             return None
+        folder, name = found
         m = read_manifest(folder)
         if m is None or m.name != name or m.problems():
             return None
@@ -312,19 +308,26 @@ class ModelStore:
 
     def remove(self, name: str) -> bool:
         """Delete a model (manifest first, so it is never half-present). False if there was none."""
-        try:
-            _, _, name = self._target(name)
-        except (InvalidRef, KeyError):
-            pass
-        try:
-            folder = self.model_dir(name)
-        except InvalidRef:
+        found = self._named(name)
+        if found is None:
             return False
+        folder, name = found
         m = read_manifest(folder)
         if m is None or m.name != name:
             return False
         self._remove_folder(folder)
         return True
+
+    def _named(self, name: str) -> tuple[Path, str] | None:
+        """(folder, store name) for a store name or any reference to a model; None if it cannot name one."""
+        try:
+            _, _, name = self._target(name)
+        except (InvalidRef, KeyError):
+            pass
+        try:
+            return self.model_dir(name), name
+        except InvalidRef:
+            return None
 
     def _remove_folder(self, folder: Path) -> None:
         with model_lock(self.root, folder.name, timeout=30):

@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from kronk.cli.procs import _stat, alive  # noqa: F401 - the CLI's own process checks, used by the tests
+
 ROOT = Path(__file__).resolve().parents[2]
 KRONK = [sys.executable, "-m", "kronk.cli.main"]
 # Variables from the developer's shell that would change what the CLI does.
@@ -51,17 +53,6 @@ def kronk_json(*args: str, env: dict[str, str], timeout: float = 60) -> Any:
     return json.loads(p.stdout)
 
 
-def _stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2:].split()
-
-
-def alive(pid: int) -> bool:
-    st = _stat(pid)
-    return st is not None and st[0] != "Z"
 
 
 def session_members(sid: int) -> list[int]:
