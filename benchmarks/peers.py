@@ -65,7 +65,9 @@ def kronk_serve(args: dict[str, Any], num_cpus: int = 4):
     from ray import serve
 
     from deployments.app import build_app, wait_until_running
+    from deployments.ray_env import apply_ray_env
 
+    apply_ray_env()  # as `kronk server start` does
     home = tempfile.mkdtemp(prefix="kronk-bench-")
     port = free_port()
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,

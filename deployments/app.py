@@ -25,6 +25,14 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 def build_app_from_settings(settings: Settings) -> Application:
     settings_args = settings.to_args()
+    if len(settings.models) == 1 and settings.ingress == "auto":
+        only = settings.resolved_model(settings.models[0])
+        if (only.min_replicas if only.min_replicas is not None else 1) >= 1:
+            # one model: its replicas serve HTTP themselves (no routing hop; see deployments/server.py)
+            from deployments.server import LlamaServer
+
+            return LlamaServer.options(**deployment_options(only)).bind(
+                settings.models[0].model_dump(exclude_none=True), settings_args)
     handles = {}
     for m in settings.models:
         resolved = settings.resolved_model(m)

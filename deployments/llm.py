@@ -128,9 +128,16 @@ def deployment_options(m: ModelConfig) -> dict[str, Any]:
     return opts
 
 
-@serve.deployment(max_ongoing_requests=64, health_check_period_s=10, health_check_timeout_s=30,
-                  graceful_shutdown_wait_loop_s=2, graceful_shutdown_timeout_s=60)
-class LlamaDeployment:
+# Serve options every model deployment starts from (deployment_options adds the model's own).
+DEPLOYMENT_DEFAULTS: dict[str, Any] = {
+    "max_ongoing_requests": 64, "health_check_period_s": 10, "health_check_timeout_s": 30,
+    "graceful_shutdown_wait_loop_s": 2, "graceful_shutdown_timeout_s": 60,
+}
+
+
+class LlamaReplica:
+    """One model replica: the engine and its batched request entry (deployed as LlamaDeployment)."""
+
     def __init__(self, model: dict[str, Any], settings_args: dict[str, Any]):
         self.settings = load_settings(settings_args)
         self.model = self.settings.resolved_model(ModelConfig(**model))
@@ -263,3 +270,6 @@ class LlamaDeployment:
         svc = getattr(self, "service", None)
         if svc is not None:
             svc.engine.close()
+
+
+LlamaDeployment = serve.deployment(name="LlamaDeployment", **DEPLOYMENT_DEFAULTS)(LlamaReplica)

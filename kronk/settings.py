@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="API keys required from non-local clients.")
     log_level: str = Field(default="INFO", description="Log level.")
+    ingress: Literal["auto", "router"] = Field(
+        default="auto", description="auto: with one model (that does not scale to zero) its replicas serve "
+        "HTTP themselves; router: always a separate routing ingress.")
 
     # Defaults for every model (a model's own field wins).
     parallel: int = Field(default=4, ge=1, le=256, description="Sequence slots per replica.")

