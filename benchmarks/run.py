@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -28,27 +29,37 @@ def default_model() -> str:
     return str(assemble())
 
 
-def bench_engine(model: str, conc: list[int], n_tokens: int, ctx: int, chat_tokens: int,
-                 parallel: int) -> tuple[list[dict], list[dict], list[dict]]:
+def engine_round(model: str, conc: list[int], n_tokens: int, ctx: int, parallel: int, rnd: int,
+                 chat_tokens: int | None = None) -> tuple[list[dict], list[dict], int]:
+    """One round of the in-process engine: every concurrency once (after a warm-up), the chat if asked."""
     from kronk.api.service import ModelService
     from kronk.engine import EngineConfig
     from kronk.engine.engine import LlamaEngine
 
-    rows, kv_rows = [], []
+    rows, chat = [], []
     eng = LlamaEngine(EngineConfig(model_path=model, name="gemma3-270m", parallel=parallel, ctx_size=ctx,
                                    chat_template="gemma"))
     threads = eng.threads
     try:
         for c in conc:
-            res = asyncio.run(W.engine_concurrency(eng, c, n_tokens))
-            rows.append({"system": "kronk-engine", "concurrency": c, **res})
+            res = asyncio.run(W.engine_concurrency(eng, c, n_tokens, repeats=1))
+            rows.append({"system": "kronk-engine", "concurrency": c, "round": rnd, "threads": threads, **res})
             print(rows[-1], flush=True)
-        svc = ModelService(eng, "gemma3-270m")
-        turns = asyncio.run(W.engine_chat_turns(svc, "gemma3-270m", chat_tokens))
-        chat = [{"system": "kronk-engine", **r} for r in turns]
+        if chat_tokens:
+            svc = ModelService(eng, "gemma3-270m")
+            turns = asyncio.run(W.engine_chat_turns(svc, "gemma3-270m", chat_tokens))
+            chat = [{"system": "kronk-engine", "threads": threads, **r} for r in turns]
     finally:
         eng.close()
-    # KV cache types: bytes held for the same prompt, and speed at 8 sequences
+    return rows, chat, threads
+
+
+def bench_kv(model: str, n_tokens: int, ctx: int) -> list[dict]:
+    """KV cache types: bytes held for the same prompt, and speed at 8 sequences."""
+    from kronk.engine import EngineConfig
+    from kronk.engine.engine import LlamaEngine
+
+    kv_rows = []
     for kv in ("f16", "q8_0", "q4_0"):
         e = LlamaEngine(EngineConfig(model_path=model, parallel=8, ctx_size=ctx, cache_type_k=kv, cache_type_v=kv))
         try:
@@ -60,25 +71,51 @@ def bench_engine(model: str, conc: list[int], n_tokens: int, ctx: int, chat_toke
             print(kv_rows[-1], flush=True)
         finally:
             e.close()
-    for r in rows + chat:
-        r["threads"] = threads
-    return rows, chat, kv_rows
+    return kv_rows
 
 
-def bench_http(system: str, url: str, model: str, conc: list[int], n_tokens: int,
-               chat_tokens: int) -> tuple[list[dict], list[dict]]:
+def http_round(system: str, url: str, model: str, conc: list[int], n_tokens: int, rnd: int,
+               chat_tokens: int | None = None) -> tuple[list[dict], list[dict]]:
     rows = []
     for c in conc:
-        rows.append({"system": system, "concurrency": c, **asyncio.run(W.http_concurrency(url, model, c, n_tokens))})
+        res = asyncio.run(W.http_concurrency(url, model, c, n_tokens, repeats=1))
+        rows.append({"system": system, "concurrency": c, "round": rnd, **res})
         print(rows[-1], flush=True)
-    chat = [{"system": system, **r} for r in asyncio.run(W.http_chat_turns(url, model, chat_tokens))]
+    chat = [{"system": system, **r} for r in asyncio.run(W.http_chat_turns(url, model, chat_tokens))] \
+        if chat_tokens else []
     return rows, chat
 
 
-def table(conc_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict]) -> str:
+def medians(round_rows: list[dict]) -> list[dict]:
+    """One row per (system, concurrency): the median over rounds (and the min/max of tok/s)."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in round_rows:
+        groups.setdefault((r["system"], r["concurrency"]), []).append(r)
+    out = []
+    for (system, c), rs in sorted(groups.items()):
+        tps = [r["agg_tok_s"] for r in rs]
+        out.append({"system": system, "concurrency": c, "rounds": len(rs),
+                    "agg_tok_s": statistics.median(tps), "agg_tok_s_min": min(tps), "agg_tok_s_max": max(tps),
+                    "ttft_p50_ms": statistics.median(r["ttft_p50_ms"] for r in rs),
+                    "decode_tok_s_per_seq": statistics.median(r["decode_tok_s_per_seq"] for r in rs)})
+    return out
+
+
+def paired_ratio(round_rows: list[dict], a: str, b: str, c: int) -> float | None:
+    """Median over rounds of a/b measured in the same round (the machine's drift cancels out)."""
+    by = {(r["system"], r["concurrency"], r["round"]): r["agg_tok_s"] for r in round_rows}
+    ratios = [by[(a, c, k)] / by[(b, c, k)] for (s, cc, k) in by if s == a and cc == c and (b, c, k) in by]
+    return statistics.median(ratios) if ratios else None
+
+
+def table(round_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict]) -> str:
+    conc_rows = medians(round_rows)
     by = {(r["system"], r["concurrency"]): r for r in conc_rows}
     systems = sorted({r["system"] for r in conc_rows})
+    n_rounds = max((r["rounds"] for r in conc_rows), default=0)
     lines = ["### Throughput (aggregate decode tok/s) and TTFT p50", "",
+             f"Median of {n_rounds} rounds (range in brackets); ratios are the median of the ratios measured "
+             "in the same round.", "",
              "| concurrency | " + " | ".join(f"{s} tok/s | {s} TTFT ms" for s in systems)
              + " | engine / llama-server | serve / llama-server | serve / engine |",
              "|" + "---|" * (1 + 2 * len(systems) + 3)]
@@ -86,11 +123,12 @@ def table(conc_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict]) -> 
         cells = []
         for s in systems:
             r = by.get((s, c))
-            cells += [f"{r['agg_tok_s']:.1f}", f"{r['ttft_p50_ms']:.0f}"] if r else ["-", "-"]
+            cells += [f"{r['agg_tok_s']:.1f} ({r['agg_tok_s_min']:.0f}-{r['agg_tok_s_max']:.0f})",
+                      f"{r['ttft_p50_ms']:.0f}"] if r else ["-", "-"]
 
         def ratio(a: str, b: str, c: int = c) -> str:
-            ra, rb = by.get((a, c)), by.get((b, c))
-            return f"{ra['agg_tok_s'] / rb['agg_tok_s']:.2f}" if ra and rb else "-"
+            x = paired_ratio(round_rows, a, b, c)
+            return f"{x:.2f}" if x is not None else "-"
 
         cells += [ratio("kronk-engine", "llama-server"), ratio("kronk-serve", "llama-server"),
                   ratio("kronk-serve", "kronk-engine")]
@@ -124,13 +162,15 @@ def table(conc_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict]) -> 
     return "\n".join(lines)
 
 
-def save(conc_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict], meta: dict[str, Any],
+def save(round_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict], meta: dict[str, Any],
          out: Path = OUT) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     out.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("concurrency", conc_rows), ("chat_turns", chat_rows), ("kv_types", kv_rows)):
+    conc_rows = medians(round_rows)
+    for name, rows in (("concurrency", conc_rows), ("concurrency_rounds", round_rows), ("chat_turns", chat_rows),
+                       ("kv_types", kv_rows)):
         if rows:
             pq.write_table(pa.Table.from_pylist(rows), out / f"{name}.parquet")
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -168,43 +208,47 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of: engine,serve,llama-server")
     ap.add_argument("--out", type=Path, default=None,
                     help="results folder (default: benchmarks/results, or a temporary one with --skip)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds; each runs every system once at every concurrency, one system at a time")
     args = ap.parse_args()
     model = args.model or default_model()
     conc = [int(x) for x in args.concurrency.split(",")]
     sconc = [int(x) for x in args.serve_concurrency.split(",")]
     skip = set(filter(None, args.skip.split(",")))
     parallel = max(conc + sconc)
-    conc_rows: list[dict] = []
+    round_rows: list[dict] = []
     chat_rows: list[dict] = []
     kv_rows: list[dict] = []
-    threads = None
-    if "engine" not in skip:
-        r, c, kv_rows = bench_engine(model, conc, args.tokens, args.ctx, args.chat_tokens, parallel)
-        conc_rows += r
-        chat_rows += c
-        threads = r[0]["threads"]
-    if threads is None:
-        from kronk.engine.model import physical_cores
+    from kronk.engine.model import physical_cores
 
-        threads = physical_cores()
-    if "llama-server" not in skip:
-        with llama_server(model, threads, parallel, args.ctx) as url:
-            r, c = bench_http("llama-server", url, "gemma3-270m", conc, args.tokens, args.chat_tokens)
-            conc_rows += r
+    threads = physical_cores()
+    for rnd in range(args.rounds):
+        chat = args.chat_tokens if rnd == args.rounds - 1 else None  # the chat once, in the last round
+        if "engine" not in skip:
+            r, c, threads = engine_round(model, conc, args.tokens, args.ctx, parallel, rnd, chat)
+            round_rows += r
             chat_rows += c
-    if "serve" not in skip:
-        sargs = {"models": [{"name": "gemma3-270m", "source": model, "parallel": parallel, "ctx_size": args.ctx,
-                             "chat_template": "gemma", "num_cpus": 1, "threads": threads}]}
-        with kronk_serve(sargs) as url:
-            r, c = bench_http("kronk-serve", url, "gemma3-270m", sconc, args.tokens, args.chat_tokens)
-            conc_rows += r
-            chat_rows += c
+        if "llama-server" not in skip:
+            with llama_server(model, threads, parallel, args.ctx) as url:
+                r, c = http_round("llama-server", url, "gemma3-270m", conc, args.tokens, rnd, chat)
+                round_rows += r
+                chat_rows += c
+        if "serve" not in skip:
+            sargs = {"models": [{"name": "gemma3-270m", "source": model, "parallel": parallel, "ctx_size": args.ctx,
+                                 "chat_template": "gemma", "num_cpus": 1, "threads": threads}]}
+            with kronk_serve(sargs) as url:
+                r, c = http_round("kronk-serve", url, "gemma3-270m", sconc, args.tokens, rnd, chat)
+                round_rows += r
+                chat_rows += c
+    if "engine" not in skip:
+        kv_rows = bench_kv(model, args.tokens, args.ctx)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.processor() or platform.machine(),
-            "threads": threads, "model": model, "tokens": args.tokens, "ctx_per_slot": args.ctx}
+            "threads": threads, "model": model, "tokens": args.tokens, "ctx_per_slot": args.ctx,
+            "rounds": args.rounds}
     # a partial run (--skip) never overwrites the full results unless asked to
     out = args.out or (Path(tempfile.mkdtemp(prefix="kronk-bench-")) if skip else OUT)
-    save(conc_rows, chat_rows, kv_rows, meta, out)
-    md = table(conc_rows, chat_rows, kv_rows)
+    save(round_rows, chat_rows, kv_rows, meta, out)
+    md = table(round_rows, chat_rows, kv_rows)
     (out / "results.md").write_text(md + "\n")
     print("\n" + md + f"\n\nresults in {out}")
 

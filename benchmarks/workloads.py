@@ -98,7 +98,8 @@ async def _http_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]
     return Result(first if first is not None else total, total, tokens, prompt_tokens)
 
 
-async def http_concurrency(url: str, model: str, concurrency: int, n_tokens: int) -> dict[str, float]:
+async def http_concurrency(url: str, model: str, concurrency: int, n_tokens: int,
+                           repeats: int = REPEATS) -> dict[str, float]:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(limits=limits) as client:
         async def once(n: int) -> dict[str, float]:
@@ -108,7 +109,7 @@ async def http_concurrency(url: str, model: str, concurrency: int, n_tokens: int
             return summarize(list(results), time.perf_counter() - t0)
 
         await once(16)  # warm-up at the same concurrency (page cache, slots, connections)
-        return best([await once(n_tokens) for _ in range(REPEATS)])
+        return best([await once(n_tokens) for _ in range(repeats)])
 
 
 async def http_chat_turns(url: str, model: str, n_tokens: int) -> list[dict[str, float]]:
@@ -140,7 +141,8 @@ async def engine_completion(engine: Any, prompt: str, n: int) -> Result:
     return Result(first or total, total, tokens)
 
 
-async def engine_concurrency(engine: Any, concurrency: int, n_tokens: int) -> dict[str, float]:
+async def engine_concurrency(engine: Any, concurrency: int, n_tokens: int,
+                             repeats: int = REPEATS) -> dict[str, float]:
     async def once(n: int) -> dict[str, float]:
         t0 = time.perf_counter()
         results = await asyncio.gather(*[engine_completion(engine, PROMPTS[i % len(PROMPTS)], n)
@@ -148,7 +150,7 @@ async def engine_concurrency(engine: Any, concurrency: int, n_tokens: int) -> di
         return summarize(list(results), time.perf_counter() - t0)
 
     await once(16)  # warm-up at the same concurrency
-    return best([await once(n_tokens) for _ in range(REPEATS)])
+    return best([await once(n_tokens) for _ in range(repeats)])
 
 
 async def engine_chat_turns(service: Any, model: str, n_tokens: int) -> list[dict[str, float]]:
