@@ -142,17 +142,23 @@ class ServeBackend:
         return {"models": out}
 
 
+def start_http_front(backend: ServeBackend, settings: Any) -> Any:
+    """Make this replica answer HTTP: the routes' backend, API keys, tracing, and the HTTP-side metrics
+    (component ``ingress``) published to the stats board; returns the publisher to close."""
+    set_process_backend(backend)
+    set_process_api_keys(k.get_secret_value() for k in settings.api_keys)
+    tracing.setup()
+    rec = Recorder("ingress", serve.get_replica_context().replica_tag)
+    set_process_recorder(rec)
+    return start_publisher_in_actor(rec)
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)
 @serve.ingress(app)
 class Ingress:
     def __init__(self, handles: dict[str, DeploymentHandle], settings_args: dict[str, Any]):
         self.settings = load_settings(settings_args)
-        set_process_backend(ServeBackend(handles, settings_args))
-        set_process_api_keys(k.get_secret_value() for k in self.settings.api_keys)
-        tracing.setup()
-        rec = Recorder("ingress", serve.get_replica_context().replica_tag)
-        set_process_recorder(rec)
-        self._publisher = start_publisher_in_actor(rec)
+        self._publisher = start_http_front(ServeBackend(handles, settings_args), self.settings)
 
     def __del__(self) -> None:
         pub = getattr(self, "_publisher", None)

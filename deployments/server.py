@@ -18,13 +18,9 @@ from typing import Any
 
 from ray import serve
 
-from deployments.ingress import ServeBackend
+from deployments.ingress import ServeBackend, start_http_front
 from deployments.llm import DEPLOYMENT_DEFAULTS, LlamaReplica
 from kronk.api.app import create_app
-from kronk.api.backend import set_process_backend
-from kronk.security.auth import set_process_api_keys
-from kronk.telemetry.board import start_publisher_in_actor
-from kronk.telemetry.metrics import Recorder, set_process_recorder
 
 app = create_app(None)
 
@@ -80,11 +76,8 @@ class LlamaServerReplica(LlamaReplica):
 
     def __init__(self, model: dict[str, Any], settings_args: dict[str, Any]):
         super().__init__(model, settings_args)
-        set_process_backend(ServeBackend({self.model.name: LocalHandle(self)}, settings_args))
-        set_process_api_keys(k.get_secret_value() for k in self.settings.api_keys)
-        rec = Recorder("ingress", serve.get_replica_context().replica_tag)
-        set_process_recorder(rec)
-        self._http_publisher = start_publisher_in_actor(rec)
+        self._http_publisher = start_http_front(ServeBackend({self.model.name: LocalHandle(self)}, settings_args),
+                                                self.settings)
 
     def __del__(self) -> None:
         pub = getattr(self, "_http_publisher", None)
