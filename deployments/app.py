@@ -29,9 +29,9 @@ def build_app_from_settings(settings: Settings) -> Application:
         only = settings.resolved_model(settings.models[0])
         if (only.min_replicas if only.min_replicas is not None else 1) >= 1:
             # one model: its replicas serve HTTP themselves (no routing hop; see deployments/server.py)
-            from deployments.server import LlamaServer
+            from deployments.server import LlamaServer, server_options
 
-            return LlamaServer.options(**deployment_options(only)).bind(
+            return LlamaServer.options(**server_options(deployment_options(only))).bind(
                 settings.models[0].model_dump(exclude_none=True), settings_args)
     handles = {}
     for m in settings.models:

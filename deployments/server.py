@@ -24,6 +24,10 @@ from kronk.api.app import create_app
 
 app = create_app(None)
 
+# The replica also answers /health, /metrics, /v1/models, pulls ...: room for those beyond the model's own
+# admission limit, so a replica busy with max_ongoing_requests generations still answers a scrape at once.
+HTTP_HEADROOM = 32
+
 
 class _LocalStream:
     """A replica's own ``stream`` generator, shaped like a streaming DeploymentResponseGenerator."""
@@ -87,3 +91,8 @@ class LlamaServerReplica(LlamaReplica):
 
 
 LlamaServer = serve.deployment(name="LlamaServer", **DEPLOYMENT_DEFAULTS)(serve.ingress(app)(LlamaServerReplica))
+
+
+def server_options(model_options: dict[str, Any]) -> dict[str, Any]:
+    """A model's Serve options (deployment_options) for its LlamaServer: the same, plus the HTTP headroom."""
+    return {**model_options, "max_ongoing_requests": model_options["max_ongoing_requests"] + HTTP_HEADROOM}

@@ -7,6 +7,8 @@ plus what only this shape has to get right on its own.
 
 from __future__ import annotations
 
+import threading
+
 import httpx
 import openai
 import pytest
@@ -27,7 +29,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def url():
-    with serve_app({"models": [{"name": GEMMA, "parallel": 4, "ctx_size": 2048, "num_cpus": 1}]}) as u:
+    # max_ongoing_requests 3: the model admits 3 generations per replica (the latecomer test needs 3 at once)
+    with serve_app({"models": [{"name": GEMMA, "parallel": 4, "ctx_size": 2048, "num_cpus": 1,
+                                "max_ongoing_requests": 3}]}) as u:
         yield u
 
 
@@ -64,3 +68,30 @@ def test_chat_and_metrics_through_the_replica(url, client):
     stats = httpx.get(url + "/v1/stats", timeout=30).json()["models"][GEMMA]
     assert stats["replicas"] == 1 and stats["aggregate"]["requests"]["total"] >= 1
     assert stats["aggregate"]["replica_ids"] == [stats["replica"]]
+
+
+def test_a_replica_at_its_admission_limit_still_answers_health_and_metrics(url):
+    """With as many generations streaming as the model's max_ongoing_requests, /health and /metrics are
+    answered at once (the replica's HTTP headroom), not after a generation ends."""
+    body = {"model": GEMMA, "prompt": "Tell a long story:", "stream": True, "max_tokens": 400,
+            "temperature": 0, "ignore_eos": True}
+    started = threading.Barrier(4)
+    done = []
+
+    def long_stream():
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=300) as r:
+            lines = r.iter_lines()
+            next(ln for ln in lines if ln.startswith("data: "))  # streaming: it holds its place
+            started.wait(timeout=120)
+            done.append(sum(1 for _ in lines))
+
+    threads = [threading.Thread(target=long_stream) for _ in range(3)]
+    for t in threads:
+        t.start()
+    started.wait(timeout=120)
+    assert httpx.get(url + "/health", timeout=60).status_code == 200
+    assert "kronk_requests_total" in httpx.get(url + "/metrics", timeout=60).text
+    assert not done, "a generation ended before /health and /metrics were answered: they had to wait"
+    for t in threads:
+        t.join(timeout=300)
+    assert len(done) == 3 and all(n > 100 for n in done)  # every long stream ran to its end
