@@ -6,11 +6,10 @@ import os
 import socket
 import subprocess
 import tempfile
-import time
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
+from kronk.cli.procs import wait_healthy
 
 
 def free_port() -> int:
@@ -20,17 +19,8 @@ def free_port() -> int:
 
 
 def wait_health(url: str, timeout_s: float = 300, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not become healthy in {timeout_s}s")
+    if not wait_healthy(url, timeout_s, proc):
+        raise TimeoutError(f"{url} did not become healthy in {timeout_s}s")
 
 
 @contextmanager

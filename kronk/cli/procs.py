@@ -173,3 +173,20 @@ def client_host(host: str) -> str:
     if host in ("::", "[::]"):
         return "[::1]"
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def wait_healthy(url: str, timeout_s: float, proc: Any = None, poll_s: float = 0.25) -> bool:
+    """Whether ``url``'s /health answers 200 within ``timeout_s``; RuntimeError if ``proc`` (a Popen) exits."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=2.0, trust_env=False).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll_s)
+    return False

@@ -11,8 +11,6 @@ import threading
 import time
 from typing import Any
 
-import httpx
-
 from kronk.cli import procs
 from kronk.cli.common import err, fail
 from kronk.settings import Settings
@@ -56,18 +54,6 @@ def cpus_needed(settings: Settings) -> int:
         replicas = max(r.max_replicas or 1, r.min_replicas or 0, r.initial_replicas or 0, 1)
         total += (r.num_cpus if r.num_cpus is not None else 1.0) * replicas
     return math.ceil(total + 1)
-
-
-def _wait_http(url: str, stop_after: float) -> bool:
-    deadline = time.monotonic() + stop_after
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=2.0, trust_env=False).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    return False
 
 
 def _install_signals(state: dict[str, Any]) -> None:
@@ -171,7 +157,7 @@ def run_server(settings: Settings, url: str, start_timeout: float, detached: boo
         err(f"kronk: deploying {names} (models in {settings.models_path})")
         serve.run(build_app_from_settings(settings), name=APP_NAME, route_prefix="/", blocking=False)
         wait_until_running(APP_NAME, start_timeout)
-        if not _wait_http(url, 60):
+        if not procs.wait_healthy(url, 60):
             raise TimeoutError(f"the application is running but {url}/health does not answer")
         err(f"kronk: serving {names} at {url} (Ctrl-C or `kronk server stop` to stop)")
         print(url, flush=True)

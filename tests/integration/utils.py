@@ -9,8 +9,6 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -32,6 +30,7 @@ def serve_app(args: dict[str, Any], num_cpus: int = 4, timeout_s: float = 300.0)
 
     from deployments.app import build_app, wait_until_running
     from deployments.ray_env import apply_ray_env
+    from kronk.cli.procs import wait_healthy
 
     apply_ray_env()  # the settings `kronk server start` runs Ray with
     home = tempfile.mkdtemp(prefix="kronk-test-")
@@ -44,14 +43,7 @@ def serve_app(args: dict[str, Any], num_cpus: int = 4, timeout_s: float = 300.0)
         serve.run(build_app(args), name="kronk", route_prefix="/", blocking=False)
         wait_until_running("kronk", timeout_s)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_healthy(url, 60)
         yield url
     finally:
         try:
