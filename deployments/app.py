@@ -27,7 +27,7 @@ def build_app_from_settings(settings: Settings) -> Application:
     settings_args = settings.to_args()
     if len(settings.models) == 1 and settings.ingress == "auto":
         only = settings.resolved_model(settings.models[0])
-        if (only.min_replicas if only.min_replicas is not None else 1) >= 1:
+        if only.min_replicas != 0:  # unset means 1
             # one model: its replicas serve HTTP themselves (no routing hop; see deployments/server.py)
             from deployments.server import LlamaServer, server_options
 

@@ -13,7 +13,7 @@ routing ingress (see ``deployments.app.build_app_from_settings``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from ray import serve
@@ -32,7 +32,7 @@ HTTP_HEADROOM = 32
 class _LocalStream:
     """A replica's own ``stream`` generator, shaped like a streaming DeploymentResponseGenerator."""
 
-    def __init__(self, gen: AsyncIterator[Any]):
+    def __init__(self, gen: AsyncGenerator[Any, None]):
         self._gen = gen
 
     def __aiter__(self) -> _LocalStream:
@@ -42,10 +42,8 @@ class _LocalStream:
         return await self._gen.__anext__()
 
     def cancel(self) -> None:
-        aclose = getattr(self._gen, "aclose", None)
-        if aclose is not None:
-            task = asyncio.ensure_future(aclose())
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        task = asyncio.ensure_future(self._gen.aclose())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 class _LocalMethod:
@@ -71,8 +69,7 @@ class LocalHandle:
 
     @property
     def info(self) -> _LocalMethod:
-        fn: Callable[[], Awaitable[dict[str, Any]]] = self._replica.info
-        return _LocalMethod(fn)
+        return _LocalMethod(self._replica.info)
 
 
 class LlamaServerReplica(LlamaReplica):
