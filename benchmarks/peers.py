@@ -49,8 +49,10 @@ def llama_server(model_path: str, threads: int, parallel: int, ctx_per_slot: int
 
 
 @contextmanager
-def kronk_serve(args: dict[str, Any], num_cpus: int = 4):
-    """kronk's Ray Serve application in this process's Ray, on a free port."""
+def kronk_serve(args: dict[str, Any], num_cpus: int = 4, front: str = "replica"):
+    """kronk's Ray Serve application in this process's Ray, on a free port. ``front`` "replica" is how
+    `kronk server start` runs one local model (its replicas take HTTP, no Serve proxy); "proxy" puts Serve's
+    HTTP proxy in front, as `serve run serve_config.yaml` and clusters do."""
     import ray
     from ray import serve
 
@@ -64,8 +66,13 @@ def kronk_serve(args: dict[str, Any], num_cpus: int = 4):
              runtime_env={"env_vars": {"KRONK_HOME": home, **{k: v for k, v in os.environ.items()
                                                               if k.startswith("KRONK_") and k != "KRONK_HOME"}}})
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({"home": home, **args}), name="kronk", route_prefix="/", blocking=False)
+        app_args = {"home": home, "http_front": front, **args}
+        if front == "replica":
+            app_args.update(host="127.0.0.1", port=port)
+            serve.start(proxy_location="Disabled")
+        else:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(app_args), name="kronk", route_prefix="/", blocking=False)
         wait_until_running("kronk", 300)
         url = f"http://127.0.0.1:{port}"
         wait_health(url, 60)

@@ -117,8 +117,8 @@ def table(round_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict]) ->
              f"Median of {n_rounds} rounds (range in brackets); ratios are the median of the ratios measured "
              "in the same round.", "",
              "| concurrency | " + " | ".join(f"{s} tok/s | {s} TTFT ms" for s in systems)
-             + " | engine / llama-server | serve / llama-server | serve / engine |",
-             "|" + "---|" * (1 + 2 * len(systems) + 3)]
+             + " | engine / llama-server | serve / llama-server | serve / engine | serve-proxy / engine |",
+             "|" + "---|" * (1 + 2 * len(systems) + 4)]
     for c in sorted({r["concurrency"] for r in conc_rows}):
         cells = []
         for s in systems:
@@ -131,7 +131,7 @@ def table(round_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict]) ->
             return f"{x:.2f}" if x is not None else "-"
 
         cells += [ratio("kronk-engine", "llama-server"), ratio("kronk-serve", "llama-server"),
-                  ratio("kronk-serve", "kronk-engine")]
+                  ratio("kronk-serve", "kronk-engine"), ratio("kronk-serve-proxy", "kronk-engine")]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     lines += ["", "### 12-turn chat (TTFT ms / decode tok/s per turn)", ""]
     csys = sorted({r["system"] for r in chat_rows})
@@ -205,7 +205,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128, help="tokens generated per request")
     ap.add_argument("--chat-tokens", type=int, default=48, help="tokens per chat turn")
     ap.add_argument("--ctx", type=int, default=2048, help="context per slot")
-    ap.add_argument("--skip", default="", help="comma list of: engine,serve,llama-server")
+    ap.add_argument("--skip", default="", help="comma list of: engine,llama-server,serve (`kronk server start`: "
+                    "the model replica takes HTTP),serve-proxy (Serve's HTTP proxy in front)")
     ap.add_argument("--out", type=Path, default=None,
                     help="results folder (default: benchmarks/results, or a temporary one with --skip)")
     ap.add_argument("--rounds", type=int, default=3,
@@ -233,11 +234,14 @@ def main() -> None:
                 r, c = http_round("llama-server", url, "gemma3-270m", conc, args.tokens, rnd, chat)
                 round_rows += r
                 chat_rows += c
-        if "serve" not in skip:
-            sargs = {"models": [{"name": "gemma3-270m", "source": model, "parallel": parallel, "ctx_size": args.ctx,
-                                 "chat_template": "gemma", "num_cpus": 1, "threads": threads}]}
-            with kronk_serve(sargs) as url:
-                r, c = http_round("kronk-serve", url, "gemma3-270m", sconc, args.tokens, rnd, chat)
+        sargs = {"models": [{"name": "gemma3-270m", "source": model, "parallel": parallel, "ctx_size": args.ctx,
+                             "chat_template": "gemma", "num_cpus": 1, "threads": threads}]}
+        for system, front in (("kronk-serve", "replica"), ("kronk-serve-proxy", "proxy")):
+            if system.removeprefix("kronk-") in skip:
+                continue
+            with kronk_serve(sargs, front=front) as url:
+                r, c = http_round(system, url, "gemma3-270m", sconc, args.tokens, rnd,
+                                  chat if system == "kronk-serve" else None)
                 round_rows += r
                 chat_rows += c
     if "engine" not in skip:

@@ -7,14 +7,14 @@ and by ``kronk server start``.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from ray import serve
 from ray.serve import Application
 
 from deployments.ingress import Ingress
 from deployments.llm import LlamaDeployment, deployment_options
-from kronk.settings import Settings, load_settings
+from kronk.settings import ModelConfig, Settings, load_settings
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -23,16 +23,47 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     return build_app_from_settings(settings)
 
 
+def _one_model(settings: Settings) -> ModelConfig | None:
+    """The one served model when its replicas can take HTTP themselves (no routing ingress), else None."""
+    if len(settings.models) != 1 or settings.ingress != "auto":
+        return None
+    only = settings.resolved_model(settings.models[0])
+    return only if only.min_replicas != 0 else None  # unset means 1
+
+
+def replica_front_problem(settings: Settings) -> str | None:
+    """Why this app's replicas cannot listen on the HTTP port themselves (None: they can)."""
+    only = _one_model(settings)
+    if only is None:
+        return ("needs exactly one model, ingress auto and min_replicas >= 1 (a routing ingress or a scaled-to-zero "
+                "model needs Serve's proxy)")
+    opts = deployment_options(only)
+    if "autoscaling_config" in opts:
+        return ("needs a fixed replica count (min_replicas == max_replicas): Serve's autoscaler counts only the "
+                "requests its proxy routes")
+    return None
+
+
+def resolve_http_front(settings: Settings, local: bool) -> Literal["proxy", "replica"]:
+    """``auto`` -> ``replica`` when ``kronk server start`` runs Ray on this one machine and the app allows it."""
+    if settings.http_front == "replica" and not local:
+        raise ValueError("http_front replica needs a Ray started on this machine for this app")
+    if settings.http_front != "auto":
+        return settings.http_front
+    return "replica" if local and replica_front_problem(settings) is None else "proxy"
+
+
 def build_app_from_settings(settings: Settings) -> Application:
     settings_args = settings.to_args()
-    if len(settings.models) == 1 and settings.ingress == "auto":
-        only = settings.resolved_model(settings.models[0])
-        if only.min_replicas != 0:  # unset means 1
-            # one model: its replicas serve HTTP themselves (no routing hop; see deployments/server.py)
-            from deployments.server import LlamaServer, server_options
+    if settings.http_front == "replica" and (why := replica_front_problem(settings)):
+        raise ValueError(f"http_front replica {why}")
+    only = _one_model(settings)
+    if only is not None:
+        # one model: its replicas serve HTTP themselves (no routing hop; see deployments/server.py)
+        from deployments.server import LlamaServer, server_options
 
-            return LlamaServer.options(**server_options(deployment_options(only))).bind(
-                settings.models[0].model_dump(exclude_none=True), settings_args)
+        return LlamaServer.options(**server_options(deployment_options(only))).bind(
+            settings.models[0].model_dump(exclude_none=True), settings_args)
     handles = {}
     for m in settings.models:
         resolved = settings.resolved_model(m)

@@ -128,6 +128,21 @@ def deployment_options(m: ModelConfig) -> dict[str, Any]:
     return opts
 
 
+async def _drain(batched: AsyncIterator[Any], timeout_s: float = 5.0) -> None:
+    """Read a caller's @serve.batch stream to its end (arriving within one stream interval once the request is
+    done or cancelled): a caller that stops after its last item would otherwise leave the end-of-stream future
+    unread, which asyncio reports as "Future exception was never retrieved"."""
+
+    async def rest() -> None:
+        async for _ in batched:
+            pass
+
+    try:
+        await asyncio.wait_for(rest(), timeout_s)
+    except Exception:  # a failed or slow end: nothing left to deliver to this caller
+        pass
+
+
 # Serve options every model deployment starts from (deployment_options adds the model's own).
 DEPLOYMENT_DEFAULTS: dict[str, Any] = {
     "max_ongoing_requests": 64, "health_check_period_s": 10, "health_check_timeout_s": 30,
@@ -170,8 +185,9 @@ class LlamaReplica:
         if self.service is None:
             raise EngineOverloaded(self.error or "model is not loaded", code="model_unavailable")
         req = _Req(kind, body, ctx)
+        batched = self._batched(req)
         try:
-            async for item in self._batched(req):
+            async for item in batched:
                 if item is None:
                     continue
                 if isinstance(item, _Error):
@@ -181,6 +197,8 @@ class LlamaReplica:
             req.cancelled = True
             if req.task is not None and not req.done:
                 req.task.cancel()  # frees the engine slot now, even while the request waits for one
+            await _drain(batched)
+
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
     async def _batched(self, reqs: list[_Req]) -> AsyncIterator[list[Any]]:
@@ -200,6 +218,9 @@ class LlamaReplica:
                     ready.get_nowait()
                 out: list[Any] = []
                 for r in reqs:
+                    if r.cancelled:  # the caller went away: end its stream now, nobody reads the rest
+                        out.append(StopIteration)
+                        continue
                     items = []
                     while not r.queue.empty():
                         items.append(r.queue.get_nowait())

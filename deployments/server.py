@@ -18,6 +18,7 @@ from typing import Any
 
 from ray import serve
 
+from deployments.direct_http import DirectHTTPServer
 from deployments.ingress import ServeBackend, start_http_front
 from deployments.llm import DEPLOYMENT_DEFAULTS, LlamaReplica
 from kronk.api.app import create_app
@@ -27,6 +28,8 @@ app = create_app(None)
 # The replica also answers /health, /metrics, /v1/models, pulls ...: room for those beyond the model's own
 # admission limit, so a replica busy with max_ongoing_requests generations still answers a scrape at once.
 HTTP_HEADROOM = 32
+# Requests a replica's own listener lets finish when it stops (within Serve's graceful_shutdown_timeout_s).
+DRAIN_TIMEOUT_S = DEPLOYMENT_DEFAULTS["graceful_shutdown_timeout_s"] - 10
 
 
 class _LocalStream:
@@ -73,14 +76,32 @@ class LocalHandle:
 
 
 class LlamaServerReplica(LlamaReplica):
-    """A model replica with kronk's HTTP routes (deployed as LlamaServer)."""
+    """A model replica with kronk's HTTP routes (deployed as LlamaServer).
+
+    Serve's proxy reaches the routes through ``serve.ingress``; with ``http_front: replica`` the replica also
+    listens on the user's host:port itself (deployments/direct_http.py) and Serve runs no proxy.
+    """
 
     def __init__(self, model: dict[str, Any], settings_args: dict[str, Any]):
         super().__init__(model, settings_args)
         self._http_publisher = start_http_front(ServeBackend({self.model.name: LocalHandle(self)}, settings_args),
                                                 self.settings)
+        self._direct: DirectHTTPServer | None = None
+        if self.settings.http_front == "replica":
+            # after the engine loaded (or failed to: then every request gets the reason, as through the proxy)
+            self._direct = DirectHTTPServer(app, self.settings.host, self.settings.port)
+            self._direct.start()
 
-    def __del__(self) -> None:
+    def check_health(self) -> None:
+        super().check_health()
+        if self._direct is not None and not self._direct.alive():
+            raise RuntimeError(f"the HTTP listener on port {self._direct.port} stopped")
+
+    async def __del__(self) -> None:
+        """Serve's graceful shutdown: stop listening, let running HTTP requests finish, then free the engine."""
+        direct, self._direct = getattr(self, "_direct", None), None
+        if direct is not None:
+            await direct.stop(DRAIN_TIMEOUT_S)
         pub = getattr(self, "_http_publisher", None)
         if pub is not None:
             pub.close()

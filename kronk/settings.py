@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     ingress: Literal["auto", "router"] = Field(
         default="auto", description="auto: with one model (that does not scale to zero) its replicas serve "
         "HTTP themselves; router: always a separate routing ingress.")
+    http_front: Literal["auto", "proxy", "replica"] = Field(
+        default="auto", description="Who takes HTTP: proxy: Serve's HTTP proxy; replica: the one model's replicas "
+        "listen on host:port themselves, Serve's proxy off (one local node, one model, fixed replica count); "
+        "auto: replica when `kronk server start` runs such an app on a Ray it starts, else proxy.")
 
     # Defaults for every model (a model's own field wins).
     parallel: int = Field(default=4, ge=1, le=256, description="Sequence slots per replica.")

@@ -128,7 +128,7 @@ def run_server(settings: Settings, url: str, start_timeout: float, detached: boo
         import ray
         from ray import serve
 
-        from deployments.app import build_app_from_settings, wait_until_running
+        from deployments.app import build_app_from_settings, resolve_http_front, wait_until_running
 
         if local:
             from deployments.ray_env import apply_ray_env
@@ -152,9 +152,15 @@ def run_server(settings: Settings, url: str, start_timeout: float, detached: boo
         if state.get("stopping"):
             raise _Stop()
         started = True
-        serve.start(http_options={"host": settings.host, "port": settings.port})
+        front = resolve_http_front(settings, local)
+        if front == "replica":  # the model's replicas listen on host:port themselves (deployments/direct_http.py)
+            settings = settings.model_copy(update={"http_front": "replica"})
+            serve.start(proxy_location="Disabled")
+        else:
+            serve.start(http_options={"host": settings.host, "port": settings.port})
         names = ", ".join(m.name for m in settings.models)
-        err(f"kronk: deploying {names} (models in {settings.models_path})")
+        taker = "the model's replicas" if front == "replica" else "Serve's proxy"
+        err(f"kronk: deploying {names} (models in {settings.models_path}; HTTP taken by {taker})")
         serve.run(build_app_from_settings(settings), name=APP_NAME, route_prefix="/", blocking=False)
         wait_until_running(APP_NAME, start_timeout)
         if not procs.wait_healthy(url, 60):

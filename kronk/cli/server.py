@@ -156,6 +156,13 @@ def start(ctx: click.Context, config: Path | None, model: tuple[str, ...], detac
         fail(f"unknown log level {settings.log_level!r}; use DEBUG, INFO, WARNING or ERROR (--log-level)")
     if settings.address:
         _check_address(settings.address)
+    if settings.http_front == "replica":
+        from deployments.app import replica_front_problem
+
+        why = "needs a Ray this command starts (no --address)" if settings.address else \
+            replica_front_problem(settings)
+        if why:
+            fail(f"--http-front replica {why}; use --http-front proxy")
     running = procs.read_info(settings.home)
     if running and running["pid"] != os.getpid():
         fail(f"a kronk server is already running from {settings.home} (pid {running['pid']}, "

@@ -73,7 +73,7 @@ def test_help_lists_the_commands_and_flags(home: Path) -> None:
     start = kronk("server", "start", "--help", env=env, check=0).stdout
     for flag in ("--host", "--port", "--home", "--models-dir", "--config", "--model", "--parallel", "--ctx-size",
                  "--kv-cache-type", "--gpu-layers", "--min-replicas", "--max-replicas", "--address", "--detach",
-                 "KRONK_MODELS_DIR"):
+                 "--http-front", "KRONK_MODELS_DIR"):
         assert flag in start, flag
 
 
@@ -86,6 +86,9 @@ def test_help_lists_the_commands_and_flags(home: Path) -> None:
         (["server", "start", "--no-such-flag"], ["--no-such-flag"]),
         (["server", "start", "--model", "nosuchmodel"], ["unknown model 'nosuchmodel'", "kronk catalog list"]),
         (["server", "start", "--config", "/nonexistent/kronk.yaml"], ["/nonexistent/kronk.yaml", "does not exist"]),
+        (["server", "start", "--http-front", "replica", "--max-replicas", "3"],
+         ["--http-front replica", "fixed replica count", "--http-front proxy"]),
+        (["server", "start", "--http-front", "sideways"], ["--http-front", "sideways"]),
         (["model", "show", "nosuchmodel"], ["nosuchmodel", "not installed", "kronk model pull"]),
         (["model", "rm", "nosuchmodel"], ["nosuchmodel", "not installed"]),
         (["model", "pull", "nosuchmodel"], ["nosuchmodel", "catalog"]),

@@ -34,12 +34,16 @@ def serve_app(args: dict[str, Any], num_cpus: int = 4, timeout_s: float = 300.0)
 
     apply_ray_env()  # the settings `kronk server start` runs Ray with
     home = tempfile.mkdtemp(prefix="kronk-test-")
-    args = {"home": home, **args}
     port = free_port()
+    args = {"home": home, **args}
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"KRONK_HOME": home}})
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        if args.get("http_front") == "replica":  # the model's replicas listen themselves; no Serve proxy
+            args.update(host="127.0.0.1", port=port)
+            serve.start(proxy_location="Disabled")
+        else:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name="kronk", route_prefix="/", blocking=False)
         wait_until_running("kronk", timeout_s)
         url = f"http://127.0.0.1:{port}"

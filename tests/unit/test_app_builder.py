@@ -75,3 +75,51 @@ def test_args_beat_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("KRONK_PARALLEL", "2")
     _, models = graph({"home": str(tmp_path), "parallel": 6, "models": [{"name": "m"}]})
     assert load_settings(models["m"].init_args[1]).resolved_model("m").parallel == 6
+
+
+@pytest.mark.parametrize("extra,local,expected", [
+    ({}, True, "replica"),  # `kronk server start`, one model, one replica: the replica takes HTTP
+    ({}, False, "proxy"),  # joined an existing cluster: Serve's proxy (the replicas may be on other nodes)
+    ({"min_replicas": 2, "max_replicas": 2}, True, "replica"),  # a fixed count shares the port (SO_REUSEPORT)
+    ({"min_replicas": 1, "max_replicas": 3}, True, "proxy"),  # autoscaling counts the requests Serve routes
+    ({"min_replicas": 0}, True, "proxy"),  # scale to zero needs the router
+    ({"ingress": "router"}, True, "proxy"),
+    ({"http_front": "proxy"}, True, "proxy"),
+])
+def test_auto_http_front(tmp_path, extra, local, expected):
+    from deployments.app import resolve_http_front
+
+    settings = load_settings({"home": str(tmp_path), "models": [{"name": "gemma3-270m"}], **extra})
+    assert resolve_http_front(settings, local) == expected
+
+
+def test_auto_http_front_with_two_models_is_the_proxy(tmp_path):
+    from deployments.app import resolve_http_front
+
+    settings = load_settings({"home": str(tmp_path), "models": [{"name": "gemma3-270m"}, {"name": "smollm2:135m"}]})
+    assert resolve_http_front(settings, True) == "proxy"
+
+
+@pytest.mark.parametrize("extra,words", [
+    ({"models": [{"name": "gemma3-270m"}, {"name": "smollm2:135m"}]}, "exactly one model"),
+    ({"max_replicas": 2}, "fixed replica count"),
+    ({"ingress": "router"}, "exactly one model"),
+])
+def test_replica_front_refuses_what_it_cannot_serve(tmp_path, extra, words):
+    args = {"home": str(tmp_path), "models": [{"name": "gemma3-270m"}], "http_front": "replica", **extra}
+    with pytest.raises(ValueError, match=words):
+        build_app(args)
+
+
+def test_replica_front_needs_a_local_ray(tmp_path):
+    from deployments.app import resolve_http_front
+
+    settings = load_settings({"home": str(tmp_path), "models": [{"name": "gemma3-270m"}], "http_front": "replica"})
+    assert resolve_http_front(settings, True) == "replica"
+    with pytest.raises(ValueError, match="started on this machine"):
+        resolve_http_front(settings, False)
+    # the replicas learn it from the settings they are built with
+    _, models = graph({"home": str(tmp_path), "models": [{"name": "gemma3-270m"}], "http_front": "replica",
+                       "port": 8765})
+    args = models["gemma3-270m"].init_args[1]
+    assert args["http_front"] == "replica" and args["port"] == 8765
