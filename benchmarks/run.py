@@ -81,8 +81,12 @@ def http_round(system: str, url: str, model: str, conc: list[int], n_tokens: int
         res = asyncio.run(W.http_concurrency(url, model, c, n_tokens, repeats=1))
         rows.append({"system": system, "concurrency": c, "round": rnd, **res})
         print(rows[-1], flush=True)
-    chat = [{"system": system, **r} for r in asyncio.run(W.http_chat_turns(url, model, chat_tokens))] \
-        if chat_tokens else []
+    chat: list[dict] = []
+    if chat_tokens:
+        try:
+            chat = [{"system": system, **r} for r in asyncio.run(W.http_chat_turns(url, model, chat_tokens))]
+        except Exception as e:  # one system's failed chat must not lose the whole run's numbers
+            print(f"{system}: the 12-turn chat failed ({type(e).__name__}: {e}); no chat rows for it", flush=True)
     return rows, chat
 
 

@@ -61,10 +61,6 @@ class DirectHTTPServer:
         return self._task is not None and not self._task.done()
 
     @property
-    def connections(self) -> int:
-        return len(self._server.server_state.connections)
-
-    @property
     def active_requests(self) -> int:
         return sum(1 for c in self._server.server_state.connections if getattr(c, "cycle", None)
                    and not c.cycle.response_complete)
