@@ -56,7 +56,7 @@ def kronk_serve(args: dict[str, Any], num_cpus: int = 4, front: str = "replica")
     import ray
     from ray import serve
 
-    from deployments.app import build_app, wait_until_running
+    from deployments.app import build_app, start_serve, wait_until_running
     from deployments.ray_env import apply_ray_env
 
     apply_ray_env()  # as `kronk server start` does
@@ -66,12 +66,8 @@ def kronk_serve(args: dict[str, Any], num_cpus: int = 4, front: str = "replica")
              runtime_env={"env_vars": {"KRONK_HOME": home, **{k: v for k, v in os.environ.items()
                                                               if k.startswith("KRONK_") and k != "KRONK_HOME"}}})
     try:
-        app_args = {"home": home, "http_front": front, **args}
-        if front == "replica":
-            app_args.update(host="127.0.0.1", port=port)
-            serve.start(proxy_location="Disabled")
-        else:
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
+        start_serve(front, "127.0.0.1", port)
+        app_args = {"home": home, "http_front": front, "host": "127.0.0.1", "port": port, **args}
         serve.run(build_app(app_args), name="kronk", route_prefix="/", blocking=False)
         wait_until_running("kronk", 300)
         url = f"http://127.0.0.1:{port}"

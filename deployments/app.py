@@ -31,8 +31,11 @@ def _one_model(settings: Settings) -> ModelConfig | None:
     return only if only.min_replicas != 0 else None  # unset means 1
 
 
-def replica_front_problem(settings: Settings) -> str | None:
-    """Why this app's replicas cannot listen on the HTTP port themselves (None: they can)."""
+def replica_front_problem(settings: Settings, local: bool = True) -> str | None:
+    """Why this app's replicas cannot listen on the HTTP port themselves (None: they can). ``local``: the app
+    has a Ray started on this machine for itself."""
+    if not local:
+        return "needs a Ray started on this machine for this app (no --address)"
     only = _one_model(settings)
     if only is None:
         return ("needs exactly one model, ingress auto and min_replicas >= 1 (a routing ingress or a scaled-to-zero "
@@ -45,12 +48,23 @@ def replica_front_problem(settings: Settings) -> str | None:
 
 
 def resolve_http_front(settings: Settings, local: bool) -> Literal["proxy", "replica"]:
-    """``auto`` -> ``replica`` when ``kronk server start`` runs Ray on this one machine and the app allows it."""
-    if settings.http_front == "replica" and not local:
-        raise ValueError("http_front replica needs a Ray started on this machine for this app")
+    """``auto`` -> ``replica`` when ``kronk server start`` runs Ray on this one machine and the app allows it;
+    ``replica`` where it cannot work raises ValueError."""
+    why = replica_front_problem(settings, local)
+    if settings.http_front == "replica" and why:
+        raise ValueError(f"http_front replica {why}")
     if settings.http_front != "auto":
         return settings.http_front
-    return "replica" if local and replica_front_problem(settings) is None else "proxy"
+    return "replica" if why is None else "proxy"
+
+
+def start_serve(front: str, host: str, port: int) -> None:
+    """Start Serve for an app whose HTTP is taken by ``front``: Serve's proxy on host:port, or no proxy (the
+    replicas bind host:port themselves; their settings must carry the same host and port)."""
+    if front == "replica":
+        serve.start(proxy_location="Disabled")
+    else:
+        serve.start(http_options={"host": host, "port": port})
 
 
 def build_app_from_settings(settings: Settings) -> Application:

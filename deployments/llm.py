@@ -199,7 +199,6 @@ class LlamaReplica:
                 req.task.cancel()  # frees the engine slot now, even while the request waits for one
             await _drain(batched)
 
-
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
     async def _batched(self, reqs: list[_Req]) -> AsyncIterator[list[Any]]:
         """Starts every request of the batch in the engine at once and merges their item streams."""

@@ -128,7 +128,7 @@ def run_server(settings: Settings, url: str, start_timeout: float, detached: boo
         import ray
         from ray import serve
 
-        from deployments.app import build_app_from_settings, resolve_http_front, wait_until_running
+        from deployments.app import build_app_from_settings, resolve_http_front, start_serve, wait_until_running
 
         if local:
             from deployments.ray_env import apply_ray_env
@@ -153,11 +153,9 @@ def run_server(settings: Settings, url: str, start_timeout: float, detached: boo
             raise _Stop()
         started = True
         front = resolve_http_front(settings, local)
-        if front == "replica":  # the model's replicas listen on host:port themselves (deployments/direct_http.py)
-            settings = settings.model_copy(update={"http_front": "replica"})
-            serve.start(proxy_location="Disabled")
-        else:
-            serve.start(http_options={"host": settings.host, "port": settings.port})
+        # "replica": the model's replicas listen on host:port themselves (deployments/direct_http.py)
+        settings = settings.model_copy(update={"http_front": front})
+        start_serve(front, settings.host, settings.port)
         names = ", ".join(m.name for m in settings.models)
         taker = "the model's replicas" if front == "replica" else "Serve's proxy"
         err(f"kronk: deploying {names} (models in {settings.models_path}; HTTP taken by {taker})")

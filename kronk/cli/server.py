@@ -159,9 +159,7 @@ def start(ctx: click.Context, config: Path | None, model: tuple[str, ...], detac
     if settings.http_front == "replica":
         from deployments.app import replica_front_problem
 
-        why = "needs a Ray this command starts (no --address)" if settings.address else \
-            replica_front_problem(settings)
-        if why:
+        if why := replica_front_problem(settings, local=not settings.address):
             fail(f"--http-front replica {why}; use --http-front proxy")
     running = procs.read_info(settings.home)
     if running and running["pid"] != os.getpid():

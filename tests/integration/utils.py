@@ -28,7 +28,7 @@ def serve_app(args: dict[str, Any], num_cpus: int = 4, timeout_s: float = 300.0)
     import ray
     from ray import serve
 
-    from deployments.app import build_app, wait_until_running
+    from deployments.app import build_app, start_serve, wait_until_running
     from deployments.ray_env import apply_ray_env
     from kronk.cli.procs import wait_healthy
 
@@ -39,11 +39,8 @@ def serve_app(args: dict[str, Any], num_cpus: int = 4, timeout_s: float = 300.0)
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"KRONK_HOME": home}})
     try:
-        if args.get("http_front") == "replica":  # the model's replicas listen themselves; no Serve proxy
-            args.update(host="127.0.0.1", port=port)
-            serve.start(proxy_location="Disabled")
-        else:
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
+        args.update(host="127.0.0.1", port=port)  # where the replicas listen with http_front replica
+        start_serve(args.get("http_front", "proxy"), "127.0.0.1", port)
         serve.run(build_app(args), name="kronk", route_prefix="/", blocking=False)
         wait_until_running("kronk", timeout_s)
         url = f"http://127.0.0.1:{port}"
