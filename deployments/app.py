@@ -47,12 +47,18 @@ def replica_front_problem(settings: Settings, local: bool = True) -> str | None:
     return None
 
 
-def resolve_http_front(settings: Settings, local: bool) -> Literal["proxy", "replica"]:
-    """``auto`` -> ``replica`` when ``kronk server start`` runs Ray on this one machine and the app allows it;
-    ``replica`` where it cannot work raises ValueError."""
+def _refuse_impossible_replica_front(settings: Settings, local: bool) -> str | None:
+    """replica_front_problem; a ValueError when ``http_front`` asks for ``replica`` anyway."""
     why = replica_front_problem(settings, local)
     if settings.http_front == "replica" and why:
         raise ValueError(f"http_front replica {why}")
+    return why
+
+
+def resolve_http_front(settings: Settings, local: bool) -> Literal["proxy", "replica"]:
+    """``auto`` -> ``replica`` when ``kronk server start`` runs Ray on this one machine and the app allows it;
+    ``replica`` where it cannot work raises ValueError."""
+    why = _refuse_impossible_replica_front(settings, local)
     if settings.http_front != "auto":
         return settings.http_front
     return "replica" if why is None else "proxy"
@@ -69,8 +75,7 @@ def start_serve(front: str, host: str, port: int) -> None:
 
 def build_app_from_settings(settings: Settings) -> Application:
     settings_args = settings.to_args()
-    if settings.http_front == "replica" and (why := replica_front_problem(settings)):
-        raise ValueError(f"http_front replica {why}")
+    _refuse_impossible_replica_front(settings, local=True)  # built for `serve run`, the runner or a test
     only = _one_model(settings)
     if only is not None:
         # one model: its replicas serve HTTP themselves (no routing hop; see deployments/server.py)

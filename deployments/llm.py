@@ -186,6 +186,7 @@ class LlamaReplica:
             raise EngineOverloaded(self.error or "model is not loaded", code="model_unavailable")
         req = _Req(kind, body, ctx)
         batched = self._batched(req)
+        ended = False
         try:
             async for item in batched:
                 if item is None:
@@ -193,11 +194,13 @@ class LlamaReplica:
                 if isinstance(item, _Error):
                     raise item.exc
                 yield item
+            ended = True
         finally:
             req.cancelled = True
             if req.task is not None and not req.done:
                 req.task.cancel()  # frees the engine slot now, even while the request waits for one
-            await _drain(batched)
+            if not ended:  # the caller stopped early: read the batch stream's end (see _drain)
+                await _drain(batched)
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
     async def _batched(self, reqs: list[_Req]) -> AsyncIterator[list[Any]]:
