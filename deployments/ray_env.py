@@ -11,6 +11,9 @@ the work itself; these settings take most of that back:
   quicker than any autoscaling delay (seconds).
 - Ray starts idle worker processes ahead of need; each one wakes ~100 times a
   second. kronk's processes are long-lived actors, started when deployed.
+- Ray's log monitor lists the session's log directory every 0.1 s to find new
+  log files (~0.01 cores); every 2 s is enough for a new replica's first lines
+  to reach the terminal, and nothing is lost (a new file is read from its start).
 
 They are defaults: a value already in the environment wins. Ray reads them when
 its processes start, so they are applied before ``ray.init`` (``kronk server
@@ -27,6 +30,8 @@ RAY_ENV: dict[str, str] = {
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     "RAY_enable_worker_prestart": "0",
     "RAY_prestart_worker_first_driver": "0",
+    "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",  # always the interval below, not only past 1000 files
+    "LOG_NAME_UPDATE_INTERVAL_S": "2",
 }
 
 

@@ -3,59 +3,121 @@
 A Serve handle call reaches one replica, so the ingress cannot ask each replica
 for its numbers. Instead every replica (model replicas, ingress replicas, the
 model manager) runs a :class:`Publisher` thread that puts its recorder's snapshot
-on one named, detached Ray actor (:class:`StatsBoard`) every few seconds and
-shortly after each request ends. ``/metrics`` and ``/v1/stats`` read the board
-(plus the asking ingress's own, fresh snapshot). A replica that stops removes its
-entry; one that dies disappears after ``ttl_s`` without a push.
+on the board every few seconds and shortly after each request ends. ``/metrics``
+and ``/v1/stats`` read the board (plus the asking ingress's own, fresh snapshot).
+A replica that stops removes its entry; one that dies disappears after ``ttl_s``
+without a push.
+
+The board is a namespace of Ray's GCS key-value store (:class:`GcsKV`), not an
+actor of its own: an extra Ray actor process wakes ~100 times a second even when
+idle, and on a small machine every such wake-up is taken from llama.cpp's
+threads (measured in benchmarks/README.md). Tests use :class:`MemoryKV`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger("kronk.telemetry")
 
-BOARD_NAME = "kronk-stats"
-NAMESPACE = "kronk"
+NAMESPACE = "kronk-stats"  # the GCS key-value namespace of the board
 PUSH_INTERVAL_S = 2.0  # gauges (KV cells, active, waiting) are sampled this often
 MIN_GAP_S = 0.05  # at most this often after request ends
 TTL_S = 30.0
 
 
-class StatsBoard:
-    """Latest snapshot per replica (runs as a Ray actor; plain class for tests)."""
+class KV(Protocol):
+    """The few key-value operations the board needs."""
 
-    def __init__(self, ttl_s: float = TTL_S):
+    def put(self, key: str, value: bytes) -> None: ...
+    def get(self, key: str) -> bytes | None: ...
+    def delete(self, key: str) -> None: ...
+    def list_keys(self) -> list[str]: ...
+
+
+class MemoryKV:
+    """An in-process KV (tests, and a process without Ray)."""
+
+    def __init__(self) -> None:
+        self._d: dict[str, bytes] = {}
+
+    def put(self, key: str, value: bytes) -> None:
+        self._d[key] = value
+
+    def get(self, key: str) -> bytes | None:
+        return self._d.get(key)
+
+    def delete(self, key: str) -> None:
+        self._d.pop(key, None)
+
+    def list_keys(self) -> list[str]:
+        return list(self._d)
+
+
+class GcsKV:
+    """Ray's GCS key-value store, one namespace (needs Ray initialised; every call is a GCS round trip)."""
+
+    def __init__(self, namespace: str = NAMESPACE):
+        from ray.experimental import internal_kv
+
+        self._kv = internal_kv
+        self.namespace = namespace
+
+    def put(self, key: str, value: bytes) -> None:
+        self._kv._internal_kv_put(key, value, overwrite=True, namespace=self.namespace)
+
+    def get(self, key: str) -> bytes | None:
+        return self._kv._internal_kv_get(key, namespace=self.namespace)
+
+    def delete(self, key: str) -> None:
+        self._kv._internal_kv_del(key, namespace=self.namespace)
+
+    def list_keys(self) -> list[str]:
+        return [k.decode() for k in self._kv._internal_kv_list("", namespace=self.namespace)]
+
+
+class StatsBoard:
+    """Latest snapshot per replica, kept in ``kv`` with the time it was put (wall clock: replicas are
+    separate processes, maybe on separate nodes)."""
+
+    def __init__(self, kv: KV, ttl_s: float = TTL_S):
+        self.kv = kv
         self.ttl_s = ttl_s
-        self._entries: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def put(self, key: str, snapshot: dict[str, Any]) -> None:
-        self._entries[key] = (time.monotonic(), snapshot)
+        self.kv.put(key, json.dumps({"put": time.time(), "snapshot": snapshot}).encode())
 
     def drop(self, key: str) -> None:
-        self._entries.pop(key, None)
+        self.kv.delete(key)
 
     def all(self) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        for k in [k for k, (t, _) in self._entries.items() if now - t > self.ttl_s]:
-            del self._entries[k]
-        return [snap for _, snap in self._entries.values()]
+        """Every fresh snapshot; entries older than the TTL (a replica that died) are deleted."""
+        now = time.time()
+        out = []
+        for k in self.kv.list_keys():
+            raw = self.kv.get(k)
+            if raw is None:  # dropped since listed
+                continue
+            try:
+                entry = json.loads(raw)
+                fresh = now - float(entry["put"]) <= self.ttl_s
+            except (ValueError, KeyError, TypeError):
+                fresh = False  # not ours, or written by an incompatible version
+            if fresh:
+                out.append(entry["snapshot"])
+            else:
+                self.kv.delete(k)
+        return out
 
 
-def get_board() -> Any:
-    """The cluster's board actor, created on first use (needs Ray initialised)."""
-    import ray
-
-    try:
-        return ray.get_actor(BOARD_NAME, namespace=NAMESPACE)
-    except ValueError:
-        pass
-    return ray.remote(StatsBoard).options(name=BOARD_NAME, namespace=NAMESPACE, lifetime="detached", num_cpus=0,
-                                          get_if_exists=True).remote()
+def get_board() -> StatsBoard:
+    """The cluster's board (needs Ray initialised)."""
+    return StatsBoard(GcsKV())
 
 
 def snapshot_key(snapshot: dict[str, Any]) -> str:
@@ -66,7 +128,7 @@ class Publisher:
     """A daemon thread that pushes ``snapshot()`` to the board every ``interval_s`` and soon after ``poke()``."""
 
     def __init__(self, snapshot: Callable[[], dict[str, Any]], sample: Callable[[], None] | None = None,
-                 interval_s: float = PUSH_INTERVAL_S, board: Any = None):
+                 interval_s: float = PUSH_INTERVAL_S, board: StatsBoard | None = None):
         self._snapshot = snapshot
         self._sample = sample
         self.interval_s = interval_s
@@ -91,7 +153,7 @@ class Publisher:
         self._key = snapshot_key(snap)
         if self._board is None:
             self._board = get_board()
-        self._board.put.remote(self._key, snap)
+        self._board.put(self._key, snap)
 
     def _run(self) -> None:
         failures = 0
@@ -112,9 +174,10 @@ class Publisher:
         """Stop pushing and take this replica's entry off the board."""
         self._stop.set()
         self._wake.set()
+        self._thread.join(timeout=2.0)  # a push under way would put the entry back after the drop
         if self._board is not None and self._key is not None:
             try:
-                self._board.drop.remote(self._key)
+                self._board.drop(self._key)
             except Exception:
                 pass
 

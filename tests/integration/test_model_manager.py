@@ -20,6 +20,7 @@ import ray
 from deployments.model_manager import ACTOR_NAME, NAMESPACE, get_or_create_model_manager
 from kronk.settings import Settings
 from kronk.store import ModelNotFound
+from kronk.telemetry.board import get_board
 from tests.hubserver import HubServer, make_gguf
 
 pytestmark = pytest.mark.slow
@@ -97,6 +98,13 @@ def test_pull_through_the_actor_seen_by_another_client(ray_cluster, hub: HubServ
         done = ray.get(mm.wait.remote(started["id"], 60))
         assert done["status"] == "succeeded", done["error"]
         assert done["bytes_done"] == SIZE and hub.served[hub.key(REPO, FILE)] == SIZE
+
+        # the manager's numbers reach the stats board (Ray's GCS key-value store), where /metrics reads them
+        def pulls_on_board() -> float:
+            return sum(s["value"] for snap in get_board().all() if snap["component"] == "manager"
+                       for s in snap["series"] if s["name"] == "kronk_pull_jobs_total"
+                       and s["labels"].get("status") == "succeeded")
+        assert _until(lambda: pulls_on_board() == 1)
         models = ray.get(mm.list_models.remote())
         assert [m["name"] for m in models] == [ref]
         assert Path(models[0]["path"]).stat().st_size == SIZE

@@ -19,3 +19,11 @@ def test_the_controller_interval_is_one_ray_serve_reads():
 
     src = Path(constants.__file__).read_text()
     assert '"RAY_SERVE_CONTROL_LOOP_INTERVAL_S"' in src
+
+
+def test_the_log_monitor_settings_are_ones_it_reads():
+    from ray._private import log_monitor
+
+    src = Path(log_monitor.__file__).read_text()
+    assert 'os.getenv("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD"' in src
+    assert 'os.getenv("LOG_NAME_UPDATE_INTERVAL_S"' in src

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,7 +12,7 @@ from kronk.api.app import create_app
 from kronk.api.backend import LocalBackend
 from kronk.engine.protocol import EngineStats, Timings, Usage
 from kronk.telemetry import prometheus, specs
-from kronk.telemetry.board import StatsBoard, snapshot_key
+from kronk.telemetry.board import MemoryKV, Publisher, StatsBoard, snapshot_key
 from kronk.telemetry.buckets import BUCKET_LABELS, context_bucket
 from kronk.telemetry.metrics import GenerationNumbers, Recorder, process_recorder, set_process_recorder
 from kronk.telemetry.stats import Histogram, summarize
@@ -129,16 +130,43 @@ def test_counters_skip_zero_and_store_labels():
 
 
 def test_board_keeps_the_latest_snapshot_per_replica_and_forgets_silent_ones():
-    board = StatsBoard(ttl_s=0.0)
+    kv = MemoryKV()
+    board = StatsBoard(kv, ttl_s=-1.0)
     snap = Recorder("llm", "r1", model="m", use_ray=False).snapshot()
     board.put(snapshot_key(snap), snap)
-    assert board.all() == []  # older than the TTL
+    assert board.all() == []  # older than the TTL: gone, and deleted from the store
+    assert kv.list_keys() == []
     board.ttl_s = 60
     board.put(snapshot_key(snap), snap)
     board.put(snapshot_key(snap), {**snap, "time": 1.0})
-    assert [s["time"] for s in board.all()] == [1.0]
+    kv.put("garbage", b"not json")  # an entry the board cannot read is dropped, not fatal
+    (got,) = board.all()
+    assert got["time"] == 1.0 and got["series"] == snap["series"] and kv.list_keys() == [snapshot_key(snap)]
     board.drop(snapshot_key(snap))
     assert board.all() == []
+
+
+def test_publisher_pushes_soon_after_a_poke_and_its_entry_goes_when_closed():
+    board = StatsBoard(MemoryKV())
+    rec = Recorder("llm", "r1", model="m", use_ray=False)
+    pub = Publisher(rec.snapshot, interval_s=60.0, board=board)
+    try:
+        assert wait_until(lambda: len(board.all()) == 1)  # the first push, at start
+        rec.inc(specs.PROMPT_TOKENS, 5)
+        pub.poke()
+        assert wait_until(lambda: any(s["value"] == 5 for s in board.all()[0]["series"]))
+    finally:
+        pub.close()
+    assert board.all() == []
+
+
+def wait_until(cond, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 @pytest.fixture
