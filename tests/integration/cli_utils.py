@@ -87,16 +87,6 @@ def port_open(port: int) -> bool:
         return False
 
 
-def wait_until(cond, timeout: float, what: str, poll: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def get_json(url: str, timeout: float = 10) -> Any:
     r = httpx.get(url, timeout=timeout, trust_env=False)
     r.raise_for_status()

@@ -30,7 +30,8 @@ from ray import serve
 
 from deployments.app import build_app, wait_until_running
 from deployments.llm import deployment_name
-from tests.integration.utils import free_port, until
+from tests.integration.utils import free_port
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 

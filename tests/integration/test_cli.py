@@ -29,8 +29,8 @@ from tests.integration.cli_utils import (
     kronk_json,
     port_open,
     session_members,
-    wait_until,
 )
+from tests.waiting import until
 
 REPO = "org/Tiny-GGUF"
 FILE = "Tiny-Q4_K_M.gguf"
@@ -192,7 +192,7 @@ def test_ctrl_c_stops_a_pull_and_the_same_command_resumes(home: Path, hub: HubSe
     try:
         folder = home / "models"
         parts = lambda: [p for p in folder.rglob("*.part") if p.stat().st_size >= 300_000]  # noqa: E731
-        wait_until(parts, 30, "the download to start")
+        until(parts, 30, "the download to start")
         proc.send_signal(signal.SIGINT)
         out, errs = proc.communicate(timeout=30)
     finally:
@@ -311,11 +311,11 @@ def test_ctrl_c_on_a_foreground_server_leaves_nothing(tmp_path: Path, home: Path
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        wait_until(lambda: "kronk: deploying" in log.read_text(), 120, "Ray and Serve to start")
+        until(lambda: "kronk: deploying" in log.read_text(), 120, "Ray and Serve to start")
         assert json.loads((home / "server.json").read_text())["pid"] == proc.pid
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
-        wait_until(lambda: not session_members(proc.pid), 10, "Ray's processes to exit")
+        until(lambda: not session_members(proc.pid), 10, "Ray's processes to exit")
         assert not port_open(port)
         assert not (home / "server.json").exists()
         assert "kronk: stopped" in log.read_text()

@@ -28,6 +28,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from deployments.ray_env import RAY_ENV
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu"]
@@ -367,6 +369,8 @@ def test_every_pod_mounts_the_shared_models_volume_and_gets_the_token(
         ref = env["KRONK_HF_TOKEN"]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": secret["metadata"]["name"], "key": "token", "optional": True}, gname
         assert "value" not in env["KRONK_HF_TOKEN"]
+        # the same Ray settings `kronk server start` applies locally
+        assert {k: env[k]["value"] for k in RAY_ENV if k in env} == RAY_ENV, gname
         assert "ports" in c and any(p["name"] == "metrics" and p["containerPort"] == 8080 for p in c["ports"])
 
 

@@ -22,7 +22,8 @@ from kronk.telemetry.buckets import context_bucket
 from kronk.telemetry.stats import Histogram
 from tests.hubserver import HubServer, make_gguf
 from tests.integration.cli_utils import clean_env, kronk_json
-from tests.integration.utils import serve_app, wait_for
+from tests.integration.utils import serve_app
+from tests.waiting import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -145,7 +146,7 @@ def settled(url: str, t: dict[str, Any]) -> bool:
 
 def test_metrics_endpoint_agrees_with_the_responses(app):
     t = app.traffic
-    assert wait_for(lambda: settled(app.url, t), timeout_s=30, interval_s=0.5), ours(app.url)
+    until(lambda: settled(app.url, t), 30, lambda: f"the board to settle: {ours(app.url)}", 0.5)
     rep = llm_replica(app.url)
     s = ours(app.url)
     m = {"model": GEMMA, "replica": rep}
@@ -187,7 +188,7 @@ def test_metrics_endpoint_agrees_with_the_responses(app):
 
 
 def test_rays_prometheus_endpoint_has_the_same_numbers(app):
-    assert wait_for(lambda: settled(app.url, app.traffic), 30)
+    until(lambda: settled(app.url, app.traffic), 30, "the board to settle")
     last: dict[str, Any] = {}
 
     def agree() -> bool:
@@ -196,11 +197,12 @@ def test_rays_prometheus_endpoint_has_the_same_numbers(app):
         last.update(mine=mine, theirs=theirs)
         return mine == theirs
 
-    ok = wait_for(agree, timeout_s=60, interval_s=1)
-    if not ok:
+    def difference() -> str:
         mine, theirs = last["mine"], last["theirs"]
         diff = {k: (mine.get(k), theirs.get(k)) for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
-        pytest.fail(f"/metrics and Ray's endpoint differ in {len(diff)} samples: {list(diff.items())[:10]}")
+        return f"/metrics and Ray's endpoint to agree; they differ in {len(diff)} samples: {list(diff.items())[:10]}"
+
+    until(agree, 60, difference, 1)
     # Ray's _sum of a histogram is made of bucket midpoints; it exists and is positive
     raw = rays(app.ray_url)
     assert value(raw, "kronk_ttft_seconds_sum", model=GEMMA) > 0
@@ -216,7 +218,7 @@ def quantile(s: Samples, name: str, q: float, bounds: tuple[float, ...], **label
 
 def test_stats_are_consistent_with_the_metrics(app):
     t = app.traffic
-    assert wait_for(lambda: settled(app.url, t), 30)
+    until(lambda: settled(app.url, t), 30, "the board to settle")
     info = httpx.get(app.url + "/v1/stats", timeout=30).json()["models"][GEMMA]
     s = ours(app.url)
     agg = info["aggregate"]

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from kronk.settings import Settings
 from kronk.store import ModelNotFound
 from kronk.telemetry.board import get_board
 from tests.hubserver import HubServer, make_gguf
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -60,16 +60,6 @@ def hub():
         yield server
 
 
-def _until(cond, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_pull_through_the_actor_seen_by_another_client(ray_cluster, hub: HubServer, tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home", models_dir=tmp_path / "models dir", hf_endpoint=hub.url)
     hold = hub.hold(REPO, FILE, after=500_000)
@@ -90,7 +80,8 @@ def test_pull_through_the_actor_seen_by_another_client(ray_cluster, hub: HubServ
         mm = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
         assert get_or_create_model_manager(settings.to_args())._actor_id == mm._actor_id
         assert hold.reached.wait(30), "the pull goes on after its caller exited"
-        snap = _until(lambda: (s := ray.get(mm.job.remote(started["id"])))["bytes_done"] > 0 and s)
+        snap = until(lambda: (s := ray.get(mm.job.remote(started["id"])))["bytes_done"] > 0 and s, 30,
+                     "the first bytes")
         assert snap["status"] == "running" and snap["bytes_total"] == SIZE and snap["bytes_done"] <= 500_000
         assert ray.get(mm.pull.remote(f"huggingface.co/{REPO}:q4_k_m"))["id"] == started["id"]  # joins
         assert [j["id"] for j in ray.get(mm.jobs.remote())] == [started["id"]]
@@ -104,7 +95,7 @@ def test_pull_through_the_actor_seen_by_another_client(ray_cluster, hub: HubServ
             return sum(s["value"] for snap in get_board().all() if snap["component"] == "manager"
                        for s in snap["series"] if s["name"] == "kronk_pull_jobs_total"
                        and s["labels"].get("status") == "succeeded")
-        assert _until(lambda: pulls_on_board() == 1)
+        until(lambda: pulls_on_board() == 1, 30, "the succeeded pull on the board")
         models = ray.get(mm.list_models.remote())
         assert [m["name"] for m in models] == [ref]
         assert Path(models[0]["path"]).stat().st_size == SIZE

@@ -11,7 +11,8 @@ import jsonschema
 import openai
 import pytest
 
-from tests.integration.utils import serve_app, wait_for
+from tests.integration.utils import serve_app
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -224,7 +225,7 @@ def test_disconnect_mid_stream_frees_the_slot(url, client):
                 n += 1
             if n >= 5:
                 break
-    assert wait_for(lambda: stats(url, GEMMA)["active"] == 0, timeout_s=15), stats(url, GEMMA)
+    until(lambda: stats(url, GEMMA)["active"] == 0, 15, lambda: f"the slot to be freed: {stats(url, GEMMA)}")
     t0 = time.monotonic()
     r2 = client.completions.create(model=GEMMA, prompt="Hi", max_tokens=3, temperature=0)
     assert r2.usage.completion_tokens == 3

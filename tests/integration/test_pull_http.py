@@ -11,7 +11,8 @@ import pytest
 from kronk.settings import Settings
 from kronk.store import ModelStore
 from tests.hubserver import HubServer, make_gguf
-from tests.integration.utils import serve_app, wait_for
+from tests.integration.utils import serve_app
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +71,8 @@ def test_pull_survives_client_disconnect_and_others_see_progress(env, hub):
     # a second pull of the same model joins the running job
     assert httpx.post(url + "/v1/models/pull", json={"model": ref}, timeout=30).json()["id"] == job_id
     hold.release.set()
-    assert wait_for(lambda: httpx.get(f"{url}/v1/models/pull/{job_id}", timeout=30).json()["status"] == "succeeded",
-                    timeout_s=60)
+    until(lambda: httpx.get(f"{url}/v1/models/pull/{job_id}", timeout=30).json()["status"] == "succeeded", 60,
+          "the pull to succeed")
     assert hub.served[HubServer.key(REPO, FILE)] == 2_000_000  # downloaded once
     store, v1 = listed(url)
     name = seen["model"]
@@ -89,8 +90,8 @@ def test_pull_survives_client_disconnect_and_others_see_progress(env, hub):
 
     # and pulled again over HTTP, then removed through the API
     job = httpx.post(url + "/v1/models/pull", json={"model": ref}, timeout=30).json()
-    assert wait_for(lambda: httpx.get(f"{url}/v1/models/pull/{job['id']}", timeout=30).json()["status"]
-                    == "succeeded", timeout_s=60)
+    until(lambda: httpx.get(f"{url}/v1/models/pull/{job['id']}", timeout=30).json()["status"] == "succeeded", 60,
+          "the second pull to succeed")
     assert httpx.delete(f"{url}/v1/models/{name}", timeout=30).json()["deleted"] is True
     assert name not in listed(url)[0]
     r = httpx.delete(f"{url}/v1/models/{name}", timeout=30)

@@ -26,7 +26,8 @@ from tests.integration.test_openai_api import (  # noqa: F401  (collected again,
     test_embeddings_shape_order_and_norm,
     test_latecomer_starts_while_long_streams_run,
 )
-from tests.integration.utils import serve_app, until
+from tests.integration.utils import serve_app
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.utils import free_port, wait_for
+from tests.integration.utils import free_port
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +38,8 @@ def test_serve_run_serve_config_yaml(tmp_path):
             return False
 
     try:
-        assert wait_for(up, timeout_s=240, interval_s=1), proc.stdout.read1().decode() if proc.poll() else "timeout"
+        until(up, 240, lambda: "the app: " + (proc.stdout.read1().decode() if proc.poll() is not None
+                                                else "still starting"), 1)
         r = httpx.post(url + "/v1/chat/completions", timeout=60, json={
             "model": "gemma3-270m", "max_tokens": 4, "temperature": 0,
             "messages": [{"role": "user", "content": "Hello"}]})
@@ -56,7 +58,8 @@ def test_serve_run_serve_config_yaml(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert wait_for(lambda: not _session_processes(proc.pid), timeout_s=15), _session_processes(proc.pid)
+    until(lambda: not _session_processes(proc.pid), 15,
+          lambda: f"Ray's processes to exit: {_session_processes(proc.pid)}")
 
 
 def _session_processes(sid: int) -> list[int]:

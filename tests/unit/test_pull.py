@@ -27,6 +27,7 @@ from kronk.store import (
     RepoNotFound,
 )
 from tests.hubserver import HubServer, make_gguf
+from tests.waiting import until
 
 REPO = "org/Tiny-GGUF"
 FILE = "Tiny-Q4_K_M.gguf"
@@ -318,19 +319,12 @@ def test_two_processes_pull_the_same_model_once(tmp_path: Path, hub: HubServer) 
 # ---------------------------------------------------------------------- jobs
 
 
-def _wait_for(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_second_start_joins_the_running_job(tmp_path: Path, hub: HubServer) -> None:
     mgr = PullJobManager(store=make_store(tmp_path, hub))
     hold = hub.hold(REPO, FILE, after=500_000)
     job = mgr.start(f"hf.co/{REPO}:Q4_K_M")
     assert hold.reached.wait(10)
-    _wait_for(lambda: job.snapshot()["bytes_done"] > 0)
+    until(lambda: job.snapshot()["bytes_done"] > 0, 10, "the first bytes", 0.02)
     again = mgr.start(f"huggingface.co/{REPO}:q4_k_m")
     assert again is job and [j.id for j in mgr.list()] == [job.id]
     snap = json.loads(json.dumps(mgr.get(job.id).snapshot()))

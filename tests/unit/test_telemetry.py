@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,6 +15,7 @@ from kronk.telemetry.board import MemoryKV, Publisher, StatsBoard, snapshot_key
 from kronk.telemetry.buckets import BUCKET_LABELS, context_bucket
 from kronk.telemetry.metrics import GenerationNumbers, Recorder, process_recorder, set_process_recorder
 from kronk.telemetry.stats import Histogram, summarize
+from tests.waiting import until
 
 
 def test_context_buckets_edges():
@@ -151,22 +151,13 @@ def test_publisher_pushes_soon_after_a_poke_and_its_entry_goes_when_closed():
     rec = Recorder("llm", "r1", model="m", use_ray=False)
     pub = Publisher(rec.snapshot, interval_s=60.0, board=board)
     try:
-        assert wait_until(lambda: len(board.all()) == 1)  # the first push, at start
+        until(lambda: len(board.all()) == 1, 10, "the first push, at start", 0.02)
         rec.inc(specs.PROMPT_TOKENS, 5)
         pub.poke()
-        assert wait_until(lambda: any(s["value"] == 5 for s in board.all()[0]["series"]))
+        until(lambda: any(s["value"] == 5 for s in board.all()[0]["series"]), 10, "the push after the poke", 0.02)
     finally:
         pub.close()
     assert board.all() == []
-
-
-def wait_until(cond, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.fixture
