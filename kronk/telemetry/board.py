@@ -41,7 +41,7 @@ class KV(Protocol):
 
 
 class MemoryKV:
-    """An in-process KV (tests, and a process without Ray)."""
+    """An in-process KV, for tests."""
 
     def __init__(self) -> None:
         self._d: dict[str, bytes] = {}
