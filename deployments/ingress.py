@@ -49,7 +49,7 @@ class ServeBackend:
         self._info: dict[str, dict[str, Any]] = {}
         self._replicas: dict[str, int] = {}
         self._replicas_at = 0.0
-        self._board: Any = None
+        self._board = get_board()
         settings = load_settings(settings_args)
         # Only a model that may scale to zero can have no replica; the others are always asked.
         self._scales_to_zero = {m: settings.resolved_model(m).min_replicas == 0 for m in handles}
@@ -121,11 +121,9 @@ class ServeBackend:
         """Every replica's snapshot from the stats board, this ingress's own taken fresh."""
         own = process_recorder().snapshot()
         try:
-            if self._board is None:
-                self._board = get_board()
             snaps = await asyncio.wait_for(asyncio.to_thread(self._board.all), timeout=5)
         except Exception:  # the board is unreachable: this replica's numbers are better than none
-            self._board, snaps = None, []
+            snaps = []
         return [s for s in snaps if snapshot_key(s) != snapshot_key(own)] + [own]
 
     async def stats(self) -> dict[str, Any]:

@@ -132,7 +132,7 @@ class Publisher:
         self._snapshot = snapshot
         self._sample = sample
         self.interval_s = interval_s
-        self._board = board
+        self._board = board if board is not None else get_board()
         self._key: str | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -151,8 +151,6 @@ class Publisher:
                 log.debug("sampling gauges failed", exc_info=True)
         snap = self._snapshot()
         self._key = snapshot_key(snap)
-        if self._board is None:
-            self._board = get_board()
         self._board.put(self._key, snap)
 
     def _run(self) -> None:
@@ -165,7 +163,6 @@ class Publisher:
                 failures += 1
                 if failures in (1, 10):
                     log.warning("publishing stats to the board failed", exc_info=True)
-                self._board = None
             self._wake.wait(self.interval_s)
             self._wake.clear()
             self._stop.wait(MIN_GAP_S)
@@ -175,7 +172,7 @@ class Publisher:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=2.0)  # a push under way would put the entry back after the drop
-        if self._board is not None and self._key is not None:
+        if self._key is not None:
             try:
                 self._board.drop(self._key)
             except Exception:

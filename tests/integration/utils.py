@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -17,13 +16,7 @@ def free_port() -> int:
 
 @contextmanager
 def serve_app(args: dict[str, Any], num_cpus: int = 4, timeout_s: float = 300.0):
-    """Start Ray + Serve + kronk's app on a free port; yield its base URL; always shut everything down.
-
-    Set KRONK_TEST_URL to run against a server started by hand instead.
-    """
-    if os.environ.get("KRONK_TEST_URL"):
-        yield os.environ["KRONK_TEST_URL"].rstrip("/")
-        return
+    """Start Ray + Serve + kronk's app on a free port; yield its base URL; always shut everything down."""
     import ray
     from ray import serve
 
