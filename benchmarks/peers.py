@@ -57,7 +57,7 @@ def kronk_serve(args: dict[str, Any], num_cpus: int = 4, front: str = "replica")
     from ray import serve
 
     from deployments.app import build_app, start_serve, wait_until_running
-    from deployments.ray_env import apply_ray_env
+    from deployments.ray_env import apply_ray_env, lower_ray_services
 
     apply_ray_env()  # as `kronk server start` does
     home = tempfile.mkdtemp(prefix="kronk-bench-")
@@ -67,6 +67,7 @@ def kronk_serve(args: dict[str, Any], num_cpus: int = 4, front: str = "replica")
                                                               if k.startswith("KRONK_") and k != "KRONK_HOME"}}})
     try:
         start_serve(front, "127.0.0.1", port)
+        lower_ray_services()  # as `kronk server start` does
         app_args = {"home": home, "http_front": front, "host": "127.0.0.1", "port": port, **args}
         serve.run(build_app(app_args), name="kronk", route_prefix="/", blocking=False)
         wait_until_running("kronk", 300)

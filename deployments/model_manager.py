@@ -9,10 +9,12 @@ plain dicts (JSON-able), never library objects.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import ray
 
+from deployments.ray_env import lower_process
 from kronk.store.manager import ModelManager
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,15 @@ ACTOR_OPTIONS: dict[str, Any] = {
 }
 
 
+class ModelManagerActor(ModelManager):
+    """The actor's class: a pull (download, hashing) is background work, so its process runs at the
+    settings' ``background_nice`` and yields the CPU to the models on its node."""
+
+    def __init__(self, settings_args: dict[str, Any] | None = None):
+        super().__init__(settings_args)
+        lower_process(os.getpid(), self.settings.background_nice)
+
+
 def get_or_create_model_manager(settings_args: dict[str, Any] | None = None) -> ray.actor.ActorHandle:
     """The cluster's model manager: the running one, or a new detached one (needs ray.init first).
 
@@ -40,4 +51,4 @@ def get_or_create_model_manager(settings_args: dict[str, Any] | None = None) -> 
         return ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
     except ValueError:
         pass
-    return ray.remote(ModelManager).options(**ACTOR_OPTIONS).remote(settings_args or {})
+    return ray.remote(ModelManagerActor).options(**ACTOR_OPTIONS).remote(settings_args or {})

@@ -14,6 +14,11 @@ the work itself; these settings take most of that back:
 - Ray's log monitor lists the session's log directory every 0.1 s to find new
   log files (~0.01 cores); every 2 s is enough for a new replica's first lines
   to reach the terminal, and nothing is lost (a new file is read from its start).
+- Ray starts every worker process at nice 15, so that its own services win the
+  CPU over user code. The model replicas are the work here: they run at normal
+  priority, as llama-server would, and ``lower_ray_services`` lowers Ray's
+  services instead (nice 19), so their wake-ups wait for the end of a
+  scheduler slice instead of preempting a decode thread at once.
 
 They are defaults: a value already in the environment wins. Ray reads them when
 its processes start, so they are applied before ``ray.init`` (``kronk server
@@ -23,8 +28,15 @@ them in the shell (see docs/configuration.md).
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import MutableMapping
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
 
 RAY_ENV: dict[str, str] = {
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
@@ -32,7 +44,15 @@ RAY_ENV: dict[str, str] = {
     "RAY_prestart_worker_first_driver": "0",
     "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",  # always the interval below, not only past 1000 files
     "LOG_NAME_UPDATE_INTERVAL_S": "2",
+    "RAY_worker_niceness": "0",  # model replicas at normal priority (Ray's default is 15)
 }
+
+# Ray's own service processes on a node, by how their command line starts (the binary or script's file
+# name, or the process title Ray gives an actor's worker). Serve's proxies and replicas are not among them:
+# they carry requests. Nor are idle workers, which may yet become a model replica, nor the raylet: it
+# starts every worker, and a worker keeps its parent's nice value (RAY_worker_niceness can only add to it).
+RAY_SERVICES = ("gcs_server", "dashboard.py", "monitor.py", "log_monitor.py",
+                "ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::ServeController")
 
 
 def apply_ray_env(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
@@ -41,3 +61,54 @@ def apply_ray_env(environ: MutableMapping[str, str] | None = None) -> dict[str, 
     for k, v in RAY_ENV.items():
         env.setdefault(k, v)
     return {k: env[k] for k in RAY_ENV}
+
+
+def is_ray_service(cmdline: list[str]) -> bool:
+    """Whether a process with this command line (argv) is one of RAY_SERVICES."""
+    if not cmdline:
+        return False
+    if cmdline[0].startswith("ray::"):  # an actor's worker: Ray sets its title as the whole argv[0]
+        return cmdline[0].split(" ")[0] in RAY_SERVICES
+    if Path(cmdline[0]).name.startswith("python"):  # python [-u] script.py ...
+        script = next((a for a in cmdline[1:] if not a.startswith("-")), "")
+        return Path(script).name in RAY_SERVICES
+    return Path(cmdline[0]).name in RAY_SERVICES
+
+
+def lower_process(pid: int, nice: int) -> bool:
+    """Raise the nice value of ``pid`` to ``nice``, on Linux of every one of its threads (nice is per thread
+    there; new threads inherit their creator's). Never lowers a nice value. False if the process is gone
+    or may not be changed."""
+    try:
+        tids = [t.id for t in psutil.Process(pid).threads()] if sys.platform.startswith("linux") else [pid]
+    except psutil.Error:
+        return False
+    ok = False
+    for tid in tids:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+            ok = True
+        except OSError:  # the thread ended, or not ours
+            pass
+    return ok
+
+
+def lower_ray_services(nice: int = 19, root: int | None = None) -> list[int]:
+    """Give Ray's service processes started under ``root`` (default: this process, the driver that
+    started the local Ray) the nice value ``nice``; returns their pids.
+
+    Call it after ``serve.start`` so that Serve's controller is among them. Raising a nice value needs
+    no privilege; nothing here ever lowers one."""
+    if nice <= 0:
+        return []
+    lowered = []
+    for proc in psutil.Process(root or os.getpid()).children(recursive=True):
+        try:
+            cmdline = proc.cmdline()
+        except psutil.Error:  # gone, or not ours
+            continue
+        if is_ray_service(cmdline) and lower_process(proc.pid, nice):
+            lowered.append(proc.pid)
+    log.debug("Ray service processes at nice %d: %s", nice, lowered)
+    return lowered

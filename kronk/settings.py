@@ -113,6 +113,10 @@ class Settings(BaseSettings):
         default="auto", description="Who takes HTTP: proxy: Serve's HTTP proxy; replica: the one model's replicas "
         "listen on host:port themselves, Serve's proxy off (one local node, one model, fixed replica count); "
         "auto: replica when `kronk server start` runs such an app on a Ray it starts, else proxy.")
+    background_nice: int = Field(
+        default=19, ge=0, le=19, description="Nice value of background work, so that it yields the CPU to the "
+        "models: Ray's own services on a Ray that `kronk server start` starts, and the model manager's pulls. "
+        "0: normal priority.")
 
     # Defaults for every model (a model's own field wins).
     parallel: int = Field(default=4, ge=1, le=256, description="Sequence slots per replica.")

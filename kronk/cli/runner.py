@@ -156,6 +156,10 @@ def run_server(settings: Settings, url: str, start_timeout: float, detached: boo
         # "replica": the model's replicas listen on host:port themselves (deployments/direct_http.py)
         settings = settings.model_copy(update={"http_front": front})
         start_serve(front, settings.host, settings.port)
+        if local:
+            from deployments.ray_env import lower_ray_services
+
+            lower_ray_services(settings.background_nice)  # Ray's services yield the CPU to the models
         names = ", ".join(m.name for m in settings.models)
         taker = "the model's replicas" if front == "replica" else "Serve's proxy"
         err(f"kronk: deploying {names} (models in {settings.models_path}; HTTP taken by {taker})")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import ray
 
@@ -89,6 +90,11 @@ def test_pull_through_the_actor_seen_by_another_client(ray_cluster, hub: HubServ
         done = ray.get(mm.wait.remote(started["id"], 60))
         assert done["status"] == "succeeded", done["error"]
         assert done["bytes_done"] == SIZE and hub.served[hub.key(REPO, FILE)] == SIZE
+        # a pull is background work: the actor's process, all its threads, yield the CPU to the models
+        actors = [p for p in psutil.Process().children(recursive=True)
+                  if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::ModelManagerActor")]
+        assert len(actors) == 1
+        assert {os.getpriority(os.PRIO_PROCESS, t.id) for t in actors[0].threads()} == {19}
 
         # the manager's numbers reach the stats board (Ray's GCS key-value store), where /metrics reads them
         def pulls_on_board() -> float:

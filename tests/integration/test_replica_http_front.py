@@ -9,11 +9,13 @@ running streams finish on the old replica, and a fixed count of replicas sharing
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
 import httpx
 import openai
+import psutil
 import pytest
 from ray import serve
 
@@ -72,6 +74,28 @@ def test_no_serve_proxy_runs_and_the_replica_answers(url, client):
     r = httpx.post(url + "/v1/chat/completions", timeout=30,
                    json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_the_model_runs_at_normal_priority_and_ray_services_below(url):
+    # serve_app lowers Ray's services as `kronk server start` does (deployments/ray_env.py)
+    procs = {p.pid: p for p in psutil.Process().children(recursive=True)}
+    by_name: dict[str, list[psutil.Process]] = {}
+    for p in procs.values():
+        cmd = p.cmdline()
+        if cmd:
+            if cmd[0].startswith("ray::"):
+                name = cmd[0].split(" ")[0]
+            else:  # a binary, or python [-u] script.py
+                name = os.path.basename(next((a for a in cmd[1:] if a.endswith(".py")), cmd[0]))
+            by_name.setdefault(name, []).append(p)
+    replicas = [p for n, ps in by_name.items() if n.startswith("ray::ServeReplica:kronk:") for p in ps]
+    assert replicas, sorted(by_name)
+    for p in replicas:  # every thread, llama.cpp's decode threads among them
+        assert {os.getpriority(os.PRIO_PROCESS, t.id) for t in p.threads()} == {0}, p.cmdline()
+    for name in ("gcs_server", "ray::ServeController", "ray::DashboardAgent", "log_monitor.py"):
+        assert by_name.get(name), f"{name} not found among {sorted(by_name)}"
+        for p in by_name[name]:
+            assert {os.getpriority(os.PRIO_PROCESS, t.id) for t in p.threads()} == {19}, name
 
 
 def answering_or_refused(url: str) -> str | None:

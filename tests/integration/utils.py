@@ -21,7 +21,7 @@ def serve_app(args: dict[str, Any], num_cpus: int = 4, timeout_s: float = 300.0)
     from ray import serve
 
     from deployments.app import build_app, start_serve, wait_until_running
-    from deployments.ray_env import apply_ray_env
+    from deployments.ray_env import apply_ray_env, lower_ray_services
     from kronk.cli.procs import wait_healthy
 
     apply_ray_env()  # the settings `kronk server start` runs Ray with
@@ -33,6 +33,7 @@ def serve_app(args: dict[str, Any], num_cpus: int = 4, timeout_s: float = 300.0)
     try:
         args.update(host="127.0.0.1", port=port)  # where the replicas listen with http_front replica
         start_serve(args.get("http_front", "proxy"), "127.0.0.1", port)
+        lower_ray_services()  # as `kronk server start` does
         serve.run(build_app(args), name="kronk", route_prefix="/", blocking=False)
         wait_until_running("kronk", timeout_s)
         url = f"http://127.0.0.1:{port}"
