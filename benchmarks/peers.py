@@ -57,6 +57,7 @@ def kronk_serve(args: dict[str, Any], num_cpus: int = 4, front: str = "replica")
     from ray import serve
 
     from deployments.app import build_app, start_serve, wait_until_running
+    from deployments.listener import ListenerKeeper
     from deployments.ray_env import apply_ray_env, lower_ray_services
 
     apply_ray_env()  # as `kronk server start` does
@@ -65,6 +66,7 @@ def kronk_serve(args: dict[str, Any], num_cpus: int = 4, front: str = "replica")
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"KRONK_HOME": home, **{k: v for k, v in os.environ.items()
                                                               if k.startswith("KRONK_") and k != "KRONK_HOME"}}})
+    keeper = ListenerKeeper("127.0.0.1", port) if front == "replica" else None  # as `kronk server start`
     try:
         start_serve(front, "127.0.0.1", port)
         lower_ray_services()  # as `kronk server start` does
@@ -79,3 +81,5 @@ def kronk_serve(args: dict[str, Any], num_cpus: int = 4, front: str = "replica")
             serve.shutdown()
         finally:
             ray.shutdown()
+            if keeper is not None:
+                keeper.close()

@@ -3,41 +3,28 @@
 On a machine whose cores all run llama.cpp, Serve's HTTP proxy is a second Python
 process in every streamed request: it wakes for every item and preempts the
 engine's threads (see benchmarks/README.md). With ``http_front: replica`` each
-model replica binds the user's port itself (``SO_REUSEPORT``, so a replaced or
-second replica on the same node shares it and the kernel spreads connections)
-and runs kronk's FastAPI app on the replica's own event loop, the loop the
-``@serve.batch`` admission runs on. Serve still places, health-checks, restarts
-and drains the replicas. The listener opens only after the engine has loaded, so
-a starting replica never takes connections it cannot serve.
+model replica accepts connections on the user's port itself and runs kronk's
+FastAPI app on the replica's own event loop, the loop the ``@serve.batch``
+admission runs on. Its socket is a copy of the one that the process which
+started Serve keeps (``deployments/listener.py``), so connections wait instead
+of being refused while no replica accepts; without a keeper the replica binds
+the port itself (``SO_REUSEPORT``, so a second replica on the node shares it).
+Serve still places, health-checks, restarts and drains the replicas. A replica
+accepts only after its engine has loaded, so it never takes connections it
+cannot serve.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import Any
 
 import uvicorn
 
+from deployments.listener import bind_socket, fetch_listener
+
 log = logging.getLogger("ray.serve")
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening-ready socket on host:port that other replicas on this node may bind as well."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise RuntimeError(
-            f"cannot listen on {host}:{port}: {e.strerror}. Another program holds the port (Serve's own "
-            "HTTP proxy does, unless it is disabled: http_front 'replica' needs proxy_location Disabled)"
-        ) from e
-    return sock
 
 
 class DirectHTTPServer:
@@ -45,7 +32,9 @@ class DirectHTTPServer:
 
     def __init__(self, app: Any, host: str, port: int):
         self.host, self.port = host, port
-        self._sock = bind_socket(host, port)
+        kept = fetch_listener(host, port)
+        self.shared = kept is not None
+        self._sock = kept if kept is not None else bind_socket(host, port, reuse_port=True)
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         self._server = uvicorn.Server(uvicorn.Config(
             app, host=host, port=port, lifespan="off", access_log=False, log_config=None,
@@ -55,7 +44,8 @@ class DirectHTTPServer:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._sock]))
-        log.info("serving HTTP on %s:%d from this replica", self.host, self.port)
+        log.info("serving HTTP on %s:%d from this replica (%s)", self.host, self.port,
+                 "the kept listener" if self.shared else "its own socket")
 
     def alive(self) -> bool:
         return self._task is not None and not self._task.done()

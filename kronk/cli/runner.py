@@ -122,6 +122,7 @@ def run_server(settings: Settings, url: str, start_timeout: float, detached: boo
     local = not settings.address
     state: dict[str, Any] = {}
     started = False
+    keeper = None
     code = 0
     _install_signals(state)
     try:
@@ -155,6 +156,11 @@ def run_server(settings: Settings, url: str, start_timeout: float, detached: boo
         front = resolve_http_front(settings, local)
         # "replica": the model's replicas listen on host:port themselves (deployments/direct_http.py)
         settings = settings.model_copy(update={"http_front": front})
+        if front == "replica" and local:
+            from deployments.listener import SUPPORTED, ListenerKeeper
+
+            if SUPPORTED:  # this process holds the port: connections wait while no replica accepts
+                keeper = ListenerKeeper(settings.host, settings.port)
         start_serve(front, settings.host, settings.port)
         if local:
             from deployments.ray_env import lower_ray_services
@@ -182,6 +188,8 @@ def run_server(settings: Settings, url: str, start_timeout: float, detached: boo
         try:
             _shutdown(local, started)
         finally:
+            if keeper is not None:
+                keeper.close()
             procs.clear_info(settings.home, os.getpid())
         err("kronk: stopped")
     return code

@@ -2,8 +2,9 @@
 model's replicas listen on the port themselves (deployments/direct_http.py).
 
 The request-path tests of test_openai_api.py run again against it (pytest collects the imported tests here,
-with this module's fixtures), then what only this front has to get right: no proxy, an update that lets
-running streams finish on the old replica, and a fixed count of replicas sharing the port.
+with this module's fixtures), then what only this front has to get right: no proxy, the model at normal
+priority, an update that lets running streams finish on the old replica, a crashed replica's replacement,
+with no connection refused in either, and a fixed count of replicas sharing the port.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ def redeploy(url: str, home: str, **changes) -> None:
     serve.run(build_app(args), name="kronk", route_prefix="/", blocking=False)
 
 
-def replica_answering(url: str) -> str:
+def replica_answering(url: str, timeout_s: float = 30) -> str:
     """The replica that answered a fresh connection (each replica reports itself in /v1/stats)."""
-    return httpx.get(url + "/v1/stats", timeout=30).json()["models"][GEMMA]["replica"]
+    return httpx.get(url + "/v1/stats", timeout=timeout_s).json()["models"][GEMMA]["replica"]
 
 
 def test_no_serve_proxy_runs_and_the_replica_answers(url, client):
@@ -98,17 +99,10 @@ def test_the_model_runs_at_normal_priority_and_ray_services_below(url):
             assert {os.getpriority(os.PRIO_PROCESS, t.id) for t in p.threads()} == {19}, name
 
 
-def answering_or_refused(url: str) -> str | None:
-    """The replica that answers a fresh connection, or None when nothing listens."""
-    try:
-        return replica_answering(url)
-    except httpx.ConnectError:
-        return None
-
-
-def test_an_update_lets_running_streams_finish(url, home):
-    """When Serve replaces the replica, the old one closes its listener at once (new connections are refused or
-    reach the new replica) and the stream running on it still ends normally."""
+def test_an_update_lets_running_streams_finish_and_refuses_no_connection(url, home):
+    """When Serve replaces the replica, the old one stops accepting at once and the stream running on it still
+    ends normally. Fresh connections are never refused meanwhile: they wait in the listener that the process
+    which started Serve keeps (deployments/listener.py) until the new replica accepts them."""
     old = replica_answering(url)
     n_tokens = 600
     result: dict = {}
@@ -135,20 +129,46 @@ def test_an_update_lets_running_streams_finish(url, home):
     # serve.run returns once the update is done: run it beside the checks (new init args replace the replica)
     update = threading.Thread(target=redeploy, args=(url, home), kwargs={"log_level": "DEBUG"})
     update.start()
-    streak = {"n": 0}
+    streak = {"n": 0, "answers": 0}
 
-    def old_replica_gone() -> bool:  # several fresh connections in a row: refused, or the new replica answers
-        streak["n"] = streak["n"] + 1 if answering_or_refused(url) != old else 0
+    def old_replica_gone() -> bool:  # several fresh connections in a row answered by the new replica
+        answered_by = replica_answering(url, timeout_s=180)  # a refused connection raises ConnectError
+        streak["answers"] += 1
+        streak["n"] = streak["n"] + 1 if answered_by != old else 0
         return streak["n"] >= 5
 
-    until(old_replica_gone, 120, "the old replica to close its listener")
+    until(old_replica_gone, 240, "the new replica to take the connections")
     assert t.is_alive(), "the stream ended before the old replica stopped: make it longer"
     t.join(300)
     update.join(300)
     assert result.get("done") and result.get("finish_reason") == "length", result
     assert result["usage"]["completion_tokens"] == n_tokens
     wait_until_running("kronk", 180)
-    assert until(lambda: answering_or_refused(url), 60, "the new replica to listen") != old
+    assert replica_answering(url) != old
+
+
+def model_replica_processes() -> list[psutil.Process]:
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.cmdline()[:1] and p.cmdline()[0].startswith(f"ray::ServeReplica:kronk:llm-{GEMMA}"):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_a_crashed_replica_is_replaced_and_no_connection_is_refused(url):
+    old = replica_answering(url)
+    [replica] = model_replica_processes()
+    replica.kill()  # SIGKILL: no drain, the process and its copy of the listener are gone at once
+    replica.wait(30)
+    # sent while nothing accepts: it waits in the kept listener's queue until Serve's replacement takes it
+    r = httpx.post(url + "/v1/chat/completions", timeout=300, json={
+        "model": GEMMA, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "temperature": 0})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] > 0
+    assert replica_answering(url) != old
+    wait_until_running("kronk", 180)
 
 
 def test_a_fixed_count_of_replicas_share_the_port(url, home):

@@ -21,6 +21,7 @@ def serve_app(args: dict[str, Any], num_cpus: int = 4, timeout_s: float = 300.0)
     from ray import serve
 
     from deployments.app import build_app, start_serve, wait_until_running
+    from deployments.listener import ListenerKeeper
     from deployments.ray_env import apply_ray_env, lower_ray_services
     from kronk.cli.procs import wait_healthy
 
@@ -30,8 +31,11 @@ def serve_app(args: dict[str, Any], num_cpus: int = 4, timeout_s: float = 300.0)
     args = {"home": home, **args}
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"KRONK_HOME": home}})
+    keeper = None
     try:
         args.update(host="127.0.0.1", port=port)  # where the replicas listen with http_front replica
+        if args.get("http_front") == "replica":  # as `kronk server start` does: this process holds the port
+            keeper = ListenerKeeper("127.0.0.1", port)
         start_serve(args.get("http_front", "proxy"), "127.0.0.1", port)
         lower_ray_services()  # as `kronk server start` does
         serve.run(build_app(args), name="kronk", route_prefix="/", blocking=False)
@@ -44,3 +48,5 @@ def serve_app(args: dict[str, Any], num_cpus: int = 4, timeout_s: float = 300.0)
             serve.shutdown()
         finally:
             ray.shutdown()
+            if keeper is not None:
+                keeper.close()
