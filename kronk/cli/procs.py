@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 PID_FILE = "server.pid"
 INFO_FILE = "server.json"
 LOG_FILE = Path("logs") / "server.log"
@@ -20,36 +22,25 @@ def log_path(home: Path) -> Path:
     return home / LOG_FILE
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (field 3 onwards), or None."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2:].split()
-
-
 def alive(pid: int) -> bool:
     """True if the process exists and is not a zombie."""
-    st = _stat(pid)
-    if st is not None:
-        return st[0] != "Z"
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:  # another user's: it exists
         return True
-    return not Path("/proc").is_dir()  # no /proc: trust kill(0)
 
 
 def is_kronk(pid: int) -> bool:
     """The pid runs a kronk server (guards against a recycled pid)."""
     try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
+        cmd = " ".join(psutil.Process(pid).cmdline())
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
         return alive(pid)
-    return b"kronk" in cmd and b"start" in cmd
+    return "kronk" in cmd and "start" in cmd
 
 
 def write_info(home: Path, info: dict[str, Any]) -> None:
@@ -88,35 +79,23 @@ def clear_info(home: Path, pid: int | None = None) -> None:
         (home / name).unlink(missing_ok=True)
 
 
-def all_pids() -> list[int]:
-    try:
-        return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-    except OSError:
-        return []
-
-
 def session_members(sid: int) -> list[int]:
     """Live processes of session ``sid`` (a detached server is its session's leader)."""
     out = []
-    for pid in all_pids():
-        st = _stat(pid)
-        if st is not None and st[0] != "Z" and int(st[3]) == sid:
-            out.append(pid)
+    for pid in psutil.pids():
+        try:
+            if os.getsid(pid) == sid and alive(pid):
+                out.append(pid)
+        except OSError:  # gone
+            pass
     return out
 
 
 def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid in all_pids():
-        st = _stat(pid)
-        if st is not None:
-            children.setdefault(int(st[1]), []).append(pid)
-    out, todo = [], [root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
+    try:
+        return [p.pid for p in psutil.Process(root).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def kill_all(pids: list[int], sig: int = signal.SIGKILL) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from kronk.cli.procs import _stat, alive  # noqa: F401 - the CLI's own process checks, used by the tests
+from kronk.cli.procs import alive, session_members  # noqa: F401 - the CLI's own process checks, used by the tests
 
 ROOT = Path(__file__).resolve().parents[2]
 KRONK = [sys.executable, "-m", "kronk.cli.main"]
@@ -53,17 +53,6 @@ def kronk_json(*args: str, env: dict[str, str], timeout: float = 60) -> Any:
     return json.loads(p.stdout)
 
 
-
-
-def session_members(sid: int) -> list[int]:
-    """Live (non-zombie) processes of session ``sid``."""
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            st = _stat(int(p.name))
-            if st is not None and st[0] != "Z" and int(st[3]) == sid:
-                out.append(int(p.name))
-    return out
 
 
 def kill_session(sid: int) -> None:
