@@ -4,7 +4,10 @@ Requests that arrive together enter the engine together through the batched
 method; batches run concurrently (``max_concurrent_batches``), so a latecomer
 joins the engine's running decode loop at once instead of waiting for a batch
 to end. Each request's items (SSE text or one JSON dict) are coalesced and cross
-the handle hop at most every ``STREAM_INTERVAL_S`` after the first.
+the handle hop at most every ``STREAM_INTERVAL_S``, except a request's first item
+and its end, which go at once (time to first token, and the end of a request
+whose batch-mates still run). A replica that takes HTTP itself has no hop to
+save and passes every item on at once.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +48,8 @@ class _Req:
     done: bool = False
     task: asyncio.Task | None = None
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    sent: bool = False  # an item went to the caller
+    ending: bool = False  # the end waits for the next yield
 
 
 class _Error:
@@ -143,6 +148,77 @@ async def _drain(batched: AsyncIterator[Any], timeout_s: float = 5.0) -> None:
         pass
 
 
+async def merge_streams(reqs: list[_Req], run: Callable[[_Req], AsyncIterator[Any]],
+                        interval_s: float) -> AsyncIterator[list[Any]]:
+    """Run every request of a batch at once (``run(req)``: its items) and yield one list per delivery, an entry
+    per request: its items since the last delivery (merged), None for none, StopIteration once it ended.
+
+    Items are held back to cross together at most every ``interval_s``, except a request's first item and its
+    end: those go at once."""
+    ready: asyncio.Queue[int] = asyncio.Queue()
+    tasks = [asyncio.create_task(_pump(run(r), r, ready)) for r in reqs]
+    for r, t in zip(reqs, tasks, strict=True):
+        r.task = t
+    last_yield = 0.0
+    try:
+        while not all(r.done for r in reqs):
+            await ready.get()
+            urgent = any(r.ending or (not r.sent and not r.queue.empty()) for r in reqs)
+            wait = interval_s - (time.perf_counter() - last_yield)
+            if wait > 0 and not urgent:
+                await asyncio.sleep(wait)
+            while not ready.empty():
+                ready.get_nowait()
+            out: list[Any] = []
+            for r in reqs:
+                if r.cancelled:  # the caller went away: end its stream now, nobody reads the rest
+                    out.append(StopIteration)
+                    continue
+                items = []
+                while not r.queue.empty():
+                    items.append(r.queue.get_nowait())
+                end = bool(items) and items[-1] is StopIteration
+                if end:
+                    items.pop()
+                r.ending = False
+                if items:
+                    out.append(_merge(items) if not any(isinstance(i, _Error) for i in items)
+                               else next(i for i in items if isinstance(i, _Error)))
+                    r.sent = True
+                    if end:  # one entry per delivery: the end goes in the next one, at once
+                        r.queue.put_nowait(StopIteration)
+                        r.ending = True
+                        ready.put_nowait(1)
+                else:
+                    out.append(StopIteration if end else None)
+            last_yield = time.perf_counter()
+            yield out
+        yield [StopIteration] * len(reqs)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def _pump(gen: AsyncIterator[Any], r: _Req, ready: asyncio.Queue) -> None:
+    try:
+        async for item in gen:
+            if r.cancelled:
+                break
+            r.queue.put_nowait(item)
+            ready.put_nowait(1)
+            # a caller that went away (client disconnect) stops its generation
+            if r.cancelled:
+                break
+    except Exception as e:  # delivered to this caller only
+        r.queue.put_nowait(_Error(e))
+        ready.put_nowait(1)
+    finally:
+        await gen.aclose()
+        r.done = True
+        r.queue.put_nowait(StopIteration)
+        ready.put_nowait(1)
+
+
 # Serve options every model deployment starts from (deployment_options adds the model's own).
 DEPLOYMENT_DEFAULTS: dict[str, Any] = {
     "max_ongoing_requests": 64, "health_check_period_s": 10, "health_check_timeout_s": 30,
@@ -159,6 +235,7 @@ class LlamaReplica:
         self.error: str | None = None
         self.service = None
         self._publisher = None
+        self.stream_interval_s = STREAM_INTERVAL_S  # coalescing for the handle hop (see the module doc)
         tracing.setup()
         t0 = time.perf_counter()
         try:
@@ -205,64 +282,9 @@ class LlamaReplica:
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
     async def _batched(self, reqs: list[_Req]) -> AsyncIterator[list[Any]]:
         """Starts every request of the batch in the engine at once and merges their item streams."""
-        ready: asyncio.Queue[int] = asyncio.Queue()
-        tasks = [asyncio.create_task(self._pump(i, r, ready)) for i, r in enumerate(reqs)]
-        for r, t in zip(reqs, tasks, strict=True):
-            r.task = t
-        last_yield = 0.0
-        try:
-            while not all(r.done for r in reqs):
-                await ready.get()
-                wait = STREAM_INTERVAL_S - (time.perf_counter() - last_yield)
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                while not ready.empty():
-                    ready.get_nowait()
-                out: list[Any] = []
-                for r in reqs:
-                    if r.cancelled:  # the caller went away: end its stream now, nobody reads the rest
-                        out.append(StopIteration)
-                        continue
-                    items = []
-                    while not r.queue.empty():
-                        items.append(r.queue.get_nowait())
-                    end = bool(items) and items[-1] is StopIteration
-                    if end:
-                        items.pop()
-                    if items:
-                        out.append(_merge(items) if not any(isinstance(i, _Error) for i in items)
-                                   else next(i for i in items if isinstance(i, _Error)))
-                        if end:
-                            r.queue.put_nowait(StopIteration)  # deliver the end on the next yield
-                            ready.put_nowait(1)
-                    else:
-                        out.append(StopIteration if end else None)
-                last_yield = time.perf_counter()
-                yield out
-            yield [StopIteration] * len(reqs)
-        finally:
-            for t in tasks:
-                t.cancel()
-
-    async def _pump(self, i: int, r: _Req, ready: asyncio.Queue) -> None:
-        gen = self.service.run(r.kind, r.body, r.ctx)
-        try:
-            async for item in gen:
-                if r.cancelled:
-                    break
-                r.queue.put_nowait(item)
-                ready.put_nowait(i)
-                # a caller that went away (client disconnect) stops its generation
-                if r.cancelled:
-                    break
-        except Exception as e:  # delivered to this caller only
-            r.queue.put_nowait(_Error(e))
-            ready.put_nowait(i)
-        finally:
-            await gen.aclose()
-            r.done = True
-            r.queue.put_nowait(StopIteration)
-            ready.put_nowait(i)
+        service = self.service
+        async for out in merge_streams(reqs, lambda r: service.run(r.kind, r.body, r.ctx), self.stream_interval_s):
+            yield out
 
     # ------------------------------------------------------------------ info
     async def info(self) -> dict[str, Any]:

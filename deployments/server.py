@@ -88,6 +88,7 @@ class LlamaServerReplica(LlamaReplica):
                                                 self.settings)
         self._direct: DirectHTTPServer | None = None
         if self.settings.http_front == "replica":
+            self.stream_interval_s = 0.0  # no proxy, so no handle hop: every item goes to its client at once
             # after the engine loaded (or failed to: then every request gets the reason, as through the proxy)
             self._direct = DirectHTTPServer(app, self.settings.host, self.settings.port)
             self._direct.start()
