@@ -16,9 +16,10 @@ the work itself; these settings take most of that back:
   to reach the terminal, and nothing is lost (a new file is read from its start).
 - Ray starts every worker process at nice 15, so that its own services win the
   CPU over user code. The model replicas are the work here: they run at normal
-  priority, as llama-server would, and ``lower_ray_services`` lowers Ray's
-  services instead (nice 19), so their wake-ups wait for the end of a
-  scheduler slice instead of preempting a decode thread at once.
+  priority, as llama-server and Ollama do (at nice 15 every other program on a
+  laptop would come first), and ``lower_ray_services`` lowers Ray's services
+  instead (nice 19), so their wake-ups wait for the end of a scheduler slice
+  instead of preempting a decode thread at once.
 
 They are defaults: a value already in the environment wins. Ray reads them when
 its processes start, so they are applied before ``ray.init`` (``kronk server
