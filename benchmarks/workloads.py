@@ -115,7 +115,9 @@ async def http_concurrency(url: str, model: str, concurrency: int, n_tokens: int
 async def http_chat_turns(url: str, model: str, n_tokens: int) -> list[dict[str, float]]:
     rows = []
     messages: list[dict] = []
-    async with httpx.AsyncClient() as client:
+    # a new connection per turn: llama-server (cpp-httplib, which caps the requests per kept-alive connection)
+    # closed one mid-chat in two runs, and the turn sent on it failed with "Server disconnected"
+    async with httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0)) as client:
         for i, user in enumerate(CHAT_TURNS):
             messages.append({"role": "user", "content": user})
             r, text = await http_chat(client, url, model, messages, n_tokens)
