@@ -56,9 +56,8 @@ def kronk_serve(args: dict[str, Any], num_cpus: int = 4, front: str = "replica")
     import ray
     from ray import serve
 
-    from deployments.app import build_app, start_serve, wait_until_running
-    from deployments.listener import ListenerKeeper
-    from deployments.ray_env import apply_ray_env, lower_ray_services
+    from deployments.app import build_app, start_local_serve, wait_until_running
+    from deployments.ray_env import apply_ray_env
 
     apply_ray_env()  # as `kronk server start` does
     home = tempfile.mkdtemp(prefix="kronk-bench-")
@@ -66,10 +65,9 @@ def kronk_serve(args: dict[str, Any], num_cpus: int = 4, front: str = "replica")
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"KRONK_HOME": home, **{k: v for k, v in os.environ.items()
                                                               if k.startswith("KRONK_") and k != "KRONK_HOME"}}})
-    keeper = ListenerKeeper("127.0.0.1", port) if front == "replica" else None  # as `kronk server start`
+    keeper = None
     try:
-        start_serve(front, "127.0.0.1", port)
-        lower_ray_services()  # as `kronk server start` does
+        keeper = start_local_serve(front, "127.0.0.1", port)  # as `kronk server start` does
         app_args = {"home": home, "http_front": front, "host": "127.0.0.1", "port": port, **args}
         serve.run(build_app(app_args), name="kronk", route_prefix="/", blocking=False)
         wait_until_running("kronk", 300)

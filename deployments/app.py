@@ -13,7 +13,10 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.ingress import Ingress
+from deployments.listener import SUPPORTED as LISTENER_SUPPORTED
+from deployments.listener import ListenerKeeper
 from deployments.llm import LlamaDeployment, deployment_options
+from deployments.ray_env import lower_ray_services
 from kronk.settings import ModelConfig, Settings, load_settings
 
 
@@ -71,6 +74,22 @@ def start_serve(front: str, host: str, port: int) -> None:
         serve.start(proxy_location="Disabled")
     else:
         serve.start(http_options={"host": host, "port": port})
+
+
+def start_local_serve(front: str, host: str, port: int, background_nice: int = 19) -> ListenerKeeper | None:
+    """``start_serve`` on a Ray this process started, as `kronk server start` runs it: with ``front``
+    "replica" this process first binds host:port and keeps it for the replicas (deployments/listener.py, Linux);
+    then Ray's own services get ``background_nice`` (deployments/ray_env.py). Returns the keeper, for the
+    caller to close after Serve and Ray have shut down."""
+    keeper = ListenerKeeper(host, port) if front == "replica" and LISTENER_SUPPORTED else None
+    try:
+        start_serve(front, host, port)
+        lower_ray_services(background_nice)
+    except BaseException:
+        if keeper is not None:
+            keeper.close()
+        raise
+    return keeper
 
 
 def build_app_from_settings(settings: Settings) -> Application:

@@ -64,16 +64,21 @@ def apply_ray_env(environ: MutableMapping[str, str] | None = None) -> dict[str, 
     return {k: env[k] for k in RAY_ENV}
 
 
+def process_name(cmdline: list[str]) -> str:
+    """What a process with this command line (argv) is: the title Ray gives an actor's worker
+    (``ray::ServeController``), the script a Python runs (``log_monitor.py``), else the binary's file name."""
+    if not cmdline:
+        return ""
+    if cmdline[0].startswith("ray::"):  # an actor's worker: Ray sets its title as the whole argv[0]
+        return cmdline[0].split(" ")[0]
+    if Path(cmdline[0]).name.startswith("python"):  # python [-u] script.py ...
+        return Path(next((a for a in cmdline[1:] if not a.startswith("-")), "")).name
+    return Path(cmdline[0]).name
+
+
 def is_ray_service(cmdline: list[str]) -> bool:
     """Whether a process with this command line (argv) is one of RAY_SERVICES."""
-    if not cmdline:
-        return False
-    if cmdline[0].startswith("ray::"):  # an actor's worker: Ray sets its title as the whole argv[0]
-        return cmdline[0].split(" ")[0] in RAY_SERVICES
-    if Path(cmdline[0]).name.startswith("python"):  # python [-u] script.py ...
-        script = next((a for a in cmdline[1:] if not a.startswith("-")), "")
-        return Path(script).name in RAY_SERVICES
-    return Path(cmdline[0]).name in RAY_SERVICES
+    return process_name(cmdline) in RAY_SERVICES
 
 
 def lower_process(pid: int, nice: int) -> bool:

@@ -129,7 +129,13 @@ def run_server(settings: Settings, url: str, start_timeout: float, detached: boo
         import ray
         from ray import serve
 
-        from deployments.app import build_app_from_settings, resolve_http_front, start_serve, wait_until_running
+        from deployments.app import (
+            build_app_from_settings,
+            resolve_http_front,
+            start_local_serve,
+            start_serve,
+            wait_until_running,
+        )
 
         if local:
             from deployments.ray_env import apply_ray_env
@@ -156,16 +162,10 @@ def run_server(settings: Settings, url: str, start_timeout: float, detached: boo
         front = resolve_http_front(settings, local)
         # "replica": the model's replicas listen on host:port themselves (deployments/direct_http.py)
         settings = settings.model_copy(update={"http_front": front})
-        if front == "replica" and local:
-            from deployments.listener import SUPPORTED, ListenerKeeper
-
-            if SUPPORTED:  # this process holds the port: connections wait while no replica accepts
-                keeper = ListenerKeeper(settings.host, settings.port)
-        start_serve(front, settings.host, settings.port)
-        if local:
-            from deployments.ray_env import lower_ray_services
-
-            lower_ray_services(settings.background_nice)  # Ray's services yield the CPU to the models
+        if local:  # this process keeps the port for the replicas; Ray's services yield the CPU to the models
+            keeper = start_local_serve(front, settings.host, settings.port, settings.background_nice)
+        else:
+            start_serve(front, settings.host, settings.port)
         names = ", ".join(m.name for m in settings.models)
         taker = "the model's replicas" if front == "replica" else "Serve's proxy"
         err(f"kronk: deploying {names} (models in {settings.models_path}; HTTP taken by {taker})")

@@ -14,7 +14,6 @@ import signal
 import subprocess
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.hubserver import HubServer, make_gguf
@@ -31,6 +30,7 @@ from tests.integration.cli_utils import (
     port_open,
     session_members,
 )
+from tests.processes import thread_nices
 from tests.waiting import until
 
 REPO = "org/Tiny-GGUF"
@@ -265,8 +265,8 @@ def test_server_flags_beat_env_then_stop_leaves_nothing(tmp_path: Path, home: Pa
         assert card["context_length"] == 1024
         assert (flag_models / "gemma3-270m" / "manifest.json").is_file() and not env_models.exists()
         # Ray's services yield the CPU to the model (--background-nice); the model's replica keeps its priority
-        assert thread_nices(pid, "gcs_server") == thread_nices(pid, "ray::ServeController") == {10}
-        assert thread_nices(pid, "ray::ServeReplica:kronk:") == {0}
+        assert thread_nices("gcs_server", pid) == thread_nices("ray::ServeController", pid) == {10}
+        assert thread_nices("ray::ServeReplica:kronk:", pid) == {0}
 
         # client commands find the server from the home
         status = kronk_json("server", "status", "--json", env=client_env)
@@ -288,7 +288,7 @@ def test_server_flags_beat_env_then_stop_leaves_nothing(tmp_path: Path, home: Pa
         assert REF in p.stderr and p.stdout.startswith("pulled")
         assert any(flag_models.rglob(FILE))
         assert "already present" in kronk("model", "pull", REF, env=client_env, check=0).stdout
-        assert thread_nices(pid, "ray::ModelManagerActor") == {10}  # pulls are background work too
+        assert thread_nices("ray::ModelManagerActor", pid) == {10}  # pulls are background work too
 
         # a second server on the same port is refused up front
         _one_clear_line(kronk("server", "start", "--port", str(flag_port), "--home", str(tmp_path / "h2"),
@@ -305,20 +305,6 @@ def test_server_flags_beat_env_then_stop_leaves_nothing(tmp_path: Path, home: Pa
         if pid is not None and session_members(pid):
             kronk("server", "stop", "--timeout", "20", env=client_env, timeout=60)
             kill_session(pid)
-
-
-def thread_nices(root: int, name: str) -> set[int]:
-    """The nice values of every thread of the processes under ``root`` whose argv[0] names ``name``."""
-    found = []
-    for p in psutil.Process(root).children(recursive=True):
-        try:
-            cmd = p.cmdline()
-        except psutil.NoSuchProcess:
-            continue
-        if cmd and os.path.basename(cmd[0]).startswith(name):
-            found.append(p)
-    assert found, f"no {name} under {root}"
-    return {os.getpriority(os.PRIO_PROCESS, t.id) for p in found for t in p.threads()}
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 import ray
 
@@ -22,6 +21,7 @@ from kronk.settings import Settings
 from kronk.store import ModelNotFound
 from kronk.telemetry.board import get_board
 from tests.hubserver import HubServer, make_gguf
+from tests.processes import processes_named, thread_nices
 from tests.waiting import until
 
 pytestmark = pytest.mark.slow
@@ -91,10 +91,8 @@ def test_pull_through_the_actor_seen_by_another_client(ray_cluster, hub: HubServ
         assert done["status"] == "succeeded", done["error"]
         assert done["bytes_done"] == SIZE and hub.served[hub.key(REPO, FILE)] == SIZE
         # a pull is background work: the actor's process, all its threads, yield the CPU to the models
-        actors = [p for p in psutil.Process().children(recursive=True)
-                  if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::ModelManagerActor")]
-        assert len(actors) == 1
-        assert {os.getpriority(os.PRIO_PROCESS, t.id) for t in actors[0].threads()} == {19}
+        assert len(processes_named("ray::ModelManagerActor")) == 1
+        assert thread_nices("ray::ModelManagerActor") == {19}
 
         # the manager's numbers reach the stats board (Ray's GCS key-value store), where /metrics reads them
         def pulls_on_board() -> float:

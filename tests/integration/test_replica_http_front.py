@@ -10,13 +10,11 @@ with no connection refused in either, and a fixed count of replicas sharing the 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 
 import httpx
 import openai
-import psutil
 import pytest
 from ray import serve
 
@@ -30,6 +28,7 @@ from tests.integration.test_openai_api import (  # noqa: F401  (collected again,
     test_latecomer_starts_while_long_streams_run,
 )
 from tests.integration.utils import serve_app
+from tests.processes import processes_named, thread_nices
 from tests.waiting import until
 
 pytestmark = pytest.mark.slow
@@ -79,24 +78,9 @@ def test_no_serve_proxy_runs_and_the_replica_answers(url, client):
 
 def test_the_model_runs_at_normal_priority_and_ray_services_below(url):
     # serve_app lowers Ray's services as `kronk server start` does (deployments/ray_env.py)
-    procs = {p.pid: p for p in psutil.Process().children(recursive=True)}
-    by_name: dict[str, list[psutil.Process]] = {}
-    for p in procs.values():
-        cmd = p.cmdline()
-        if cmd:
-            if cmd[0].startswith("ray::"):
-                name = cmd[0].split(" ")[0]
-            else:  # a binary, or python [-u] script.py
-                name = os.path.basename(next((a for a in cmd[1:] if a.endswith(".py")), cmd[0]))
-            by_name.setdefault(name, []).append(p)
-    replicas = [p for n, ps in by_name.items() if n.startswith("ray::ServeReplica:kronk:") for p in ps]
-    assert replicas, sorted(by_name)
-    for p in replicas:  # every thread, llama.cpp's decode threads among them
-        assert {os.getpriority(os.PRIO_PROCESS, t.id) for t in p.threads()} == {0}, p.cmdline()
+    assert thread_nices("ray::ServeReplica:kronk:") == {0}  # every thread, llama.cpp's decode threads among them
     for name in ("gcs_server", "ray::ServeController", "ray::DashboardAgent", "log_monitor.py"):
-        assert by_name.get(name), f"{name} not found among {sorted(by_name)}"
-        for p in by_name[name]:
-            assert {os.getpriority(os.PRIO_PROCESS, t.id) for t in p.threads()} == {19}, name
+        assert thread_nices(name) == {19}, name
 
 
 def test_an_update_lets_running_streams_finish_and_refuses_no_connection(url, home):
@@ -147,20 +131,9 @@ def test_an_update_lets_running_streams_finish_and_refuses_no_connection(url, ho
     assert replica_answering(url) != old
 
 
-def model_replica_processes() -> list[psutil.Process]:
-    found = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if p.cmdline()[:1] and p.cmdline()[0].startswith(f"ray::ServeReplica:kronk:llm-{GEMMA}"):
-                found.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
 def test_a_crashed_replica_is_replaced_and_no_connection_is_refused(url):
     old = replica_answering(url)
-    [replica] = model_replica_processes()
+    [replica] = processes_named(f"ray::ServeReplica:kronk:llm-{GEMMA}")
     replica.kill()  # SIGKILL: no drain, the process and its copy of the listener are gone at once
     replica.wait(30)
     # sent while nothing accepts: it waits in the kept listener's queue until Serve's replacement takes it

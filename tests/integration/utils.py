@@ -20,9 +20,8 @@ def serve_app(args: dict[str, Any], num_cpus: int = 4, timeout_s: float = 300.0)
     import ray
     from ray import serve
 
-    from deployments.app import build_app, start_serve, wait_until_running
-    from deployments.listener import ListenerKeeper
-    from deployments.ray_env import apply_ray_env, lower_ray_services
+    from deployments.app import build_app, start_local_serve, wait_until_running
+    from deployments.ray_env import apply_ray_env
     from kronk.cli.procs import wait_healthy
 
     apply_ray_env()  # the settings `kronk server start` runs Ray with
@@ -34,10 +33,7 @@ def serve_app(args: dict[str, Any], num_cpus: int = 4, timeout_s: float = 300.0)
     keeper = None
     try:
         args.update(host="127.0.0.1", port=port)  # where the replicas listen with http_front replica
-        if args.get("http_front") == "replica":  # as `kronk server start` does: this process holds the port
-            keeper = ListenerKeeper("127.0.0.1", port)
-        start_serve(args.get("http_front", "proxy"), "127.0.0.1", port)
-        lower_ray_services()  # as `kronk server start` does
+        keeper = start_local_serve(args.get("http_front", "proxy"), "127.0.0.1", port)  # as `kronk server start`
         serve.run(build_app(args), name="kronk", route_prefix="/", blocking=False)
         wait_until_running("kronk", timeout_s)
         url = f"http://127.0.0.1:{port}"
