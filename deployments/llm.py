@@ -49,7 +49,6 @@ class _Req:
     task: asyncio.Task | None = None
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     sent: bool = False  # an item went to the caller
-    ending: bool = False  # the end waits for the next yield
 
 
 class _Error:
@@ -163,7 +162,8 @@ async def merge_streams(reqs: list[_Req], run: Callable[[_Req], AsyncIterator[An
     try:
         while not all(r.done for r in reqs):
             await ready.get()
-            urgent = any(r.ending or (not r.sent and not r.queue.empty()) for r in reqs)
+            # a first item, or what is left of a request that ended (its end among it), goes at once
+            urgent = any((r.done or not r.sent) and not r.cancelled and not r.queue.empty() for r in reqs)
             wait = interval_s - (time.perf_counter() - last_yield)
             if wait > 0 and not urgent:
                 await asyncio.sleep(wait)
@@ -180,14 +180,12 @@ async def merge_streams(reqs: list[_Req], run: Callable[[_Req], AsyncIterator[An
                 end = bool(items) and items[-1] is StopIteration
                 if end:
                     items.pop()
-                r.ending = False
                 if items:
                     out.append(_merge(items) if not any(isinstance(i, _Error) for i in items)
                                else next(i for i in items if isinstance(i, _Error)))
                     r.sent = True
                     if end:  # one entry per delivery: the end goes in the next one, at once
                         r.queue.put_nowait(StopIteration)
-                        r.ending = True
                         ready.put_nowait(1)
                 else:
                     out.append(StopIteration if end else None)
