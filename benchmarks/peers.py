@@ -50,34 +50,14 @@ def llama_server(model_path: str, threads: int, parallel: int, ctx_per_slot: int
 
 @contextmanager
 def kronk_serve(args: dict[str, Any], num_cpus: int = 4, front: str = "replica"):
-    """kronk's Ray Serve application in this process's Ray, on a free port. ``front`` "replica" is how
-    `kronk server start` runs one local model (its replicas take HTTP, no Serve proxy); "proxy" puts Serve's
-    HTTP proxy in front, as `serve run serve_config.yaml` and clusters do."""
-    import ray
-    from ray import serve
+    """kronk's Ray Serve application in this process's Ray, on a free port, started as `kronk server start`
+    does (deployments.launch). ``front`` "replica" is how `kronk server start` runs one local model (its
+    replicas take HTTP, no Serve proxy); "proxy" puts Serve's HTTP proxy in front, as `serve run
+    serve_config.yaml` and clusters do."""
+    from deployments.launch import launched
 
-    from deployments.app import build_app, start_local_serve, wait_until_running
-    from deployments.ray_env import apply_ray_env
-
-    apply_ray_env()  # as `kronk server start` does
     home = tempfile.mkdtemp(prefix="kronk-bench-")
-    port = free_port()
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"KRONK_HOME": home, **{k: v for k, v in os.environ.items()
-                                                              if k.startswith("KRONK_") and k != "KRONK_HOME"}}})
-    keeper = None
-    try:
-        keeper = start_local_serve(front, "127.0.0.1", port)  # as `kronk server start` does
-        app_args = {"home": home, "http_front": front, "host": "127.0.0.1", "port": port, **args}
-        serve.run(build_app(app_args), name="kronk", route_prefix="/", blocking=False)
-        wait_until_running("kronk", 300)
-        url = f"http://127.0.0.1:{port}"
-        wait_health(url, 60)
+    settings = {"home": home, "http_front": front, "host": "127.0.0.1", "port": free_port(), **args}
+    env = {**{k: v for k, v in os.environ.items() if k.startswith("KRONK_")}, "KRONK_HOME": home}
+    with launched(settings, num_cpus=num_cpus, start_timeout_s=300, runtime_env={"env_vars": env}) as url:
         yield url
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            if keeper is not None:
-                keeper.close()

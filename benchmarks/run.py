@@ -32,9 +32,10 @@ def default_model() -> str:
 def engine_round(model: str, conc: list[int], n_tokens: int, ctx: int, parallel: int, rnd: int,
                  chat_tokens: int | None = None) -> tuple[list[dict], list[dict], int]:
     """One round of the in-process engine: every concurrency once (after a warm-up), the chat if asked."""
-    from kronk.api.service import ModelService
+    from kronk.api.families import HANDLERS
     from kronk.engine import EngineConfig
     from kronk.engine.engine import LlamaEngine
+    from kronk.serving.service import ModelService
 
     rows, chat = [], []
     eng = LlamaEngine(EngineConfig(model_path=model, name="gemma3-270m", parallel=parallel, ctx_size=ctx,
@@ -46,7 +47,7 @@ def engine_round(model: str, conc: list[int], n_tokens: int, ctx: int, parallel:
             rows.append({"system": "kronk-engine", "concurrency": c, "round": rnd, "threads": threads, **res})
             print(rows[-1], flush=True)
         if chat_tokens:
-            svc = ModelService(eng, "gemma3-270m")
+            svc = ModelService(eng, "gemma3-270m", HANDLERS)
             turns = asyncio.run(W.engine_chat_turns(svc, "gemma3-270m", chat_tokens))
             chat = [{"system": "kronk-engine", "threads": threads, **r} for r in turns]
     finally:

@@ -134,7 +134,8 @@ async def engine_completion(engine: Any, prompt: str, n: int) -> Result:
     t0 = time.perf_counter()
     first = None
     tokens = 0
-    req = GenerationRequest(prompt=prompt, sampling=SamplingParams(temperature=0), max_tokens=n, ignore_eos=True)
+    req = GenerationRequest(prompt=engine.tokenize(prompt), sampling=SamplingParams(temperature=0), max_tokens=n,
+                            ignore_eos=True)
     async for c in engine.generate(req):
         if c.token_ids and first is None:
             first = time.perf_counter() - t0
@@ -157,6 +158,9 @@ async def engine_concurrency(engine: Any, concurrency: int, n_tokens: int,
 
 async def engine_chat_turns(service: Any, model: str, n_tokens: int) -> list[dict[str, float]]:
     """Through kronk's ModelService (template, parsers) in-process: the same work as the HTTP path."""
+    from kronk.api.chat.schemas import ChatCompletionRequest
+    from kronk.serving.call import Call, Endpoint, RequestContext
+
     rows = []
     messages: list[dict] = []
     for i, user in enumerate(CHAT_TURNS):
@@ -167,7 +171,8 @@ async def engine_chat_turns(service: Any, model: str, n_tokens: int) -> list[dic
         first = None
         text: list[str] = []
         usage: dict = {}
-        async for item in service.run("chat", body):
+        call = Call(Endpoint.CHAT, ChatCompletionRequest.model_validate(body), RequestContext(f"bench-chat-{i}"))
+        async for item in service.run(call):
             for line in item.split("\n"):
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue

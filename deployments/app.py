@@ -1,7 +1,7 @@
 """The one builder: settings -> bound Serve application.
 
 Used by ``serve run serve_config.yaml`` (``import_path: deployments.app:build_app``)
-and by ``kronk server start``.
+and by ``kronk server start`` (through deployments/launch.py).
 """
 
 from __future__ import annotations
@@ -13,10 +13,7 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.ingress import Ingress
-from deployments.listener import SUPPORTED as LISTENER_SUPPORTED
-from deployments.listener import ListenerKeeper
 from deployments.llm import LlamaDeployment, deployment_options
-from deployments.ray_env import lower_ray_services
 from kronk.settings import ModelConfig, Settings, load_settings
 
 
@@ -65,31 +62,6 @@ def resolve_http_front(settings: Settings, local: bool) -> Literal["proxy", "rep
     if settings.http_front != "auto":
         return settings.http_front
     return "replica" if why is None else "proxy"
-
-
-def start_serve(front: str, host: str, port: int) -> None:
-    """Start Serve for an app whose HTTP is taken by ``front``: Serve's proxy on host:port, or no proxy (the
-    replicas bind host:port themselves; their settings must carry the same host and port)."""
-    if front == "replica":
-        serve.start(proxy_location="Disabled")
-    else:
-        serve.start(http_options={"host": host, "port": port})
-
-
-def start_local_serve(front: str, host: str, port: int, background_nice: int = 19) -> ListenerKeeper | None:
-    """``start_serve`` on a Ray this process started, as `kronk server start` runs it: with ``front``
-    "replica" this process first binds host:port and keeps it for the replicas (deployments/listener.py, Linux);
-    then Ray's own services get ``background_nice`` (deployments/ray_env.py). Returns the keeper, for the
-    caller to close after Serve and Ray have shut down."""
-    keeper = ListenerKeeper(host, port) if front == "replica" and LISTENER_SUPPORTED else None
-    try:
-        start_serve(front, host, port)
-        lower_ray_services(background_nice)
-    except BaseException:
-        if keeper is not None:
-            keeper.close()
-        raise
-    return keeper
 
 
 def build_app_from_settings(settings: Settings) -> Application:

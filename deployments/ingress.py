@@ -1,4 +1,10 @@
-"""FastAPI ingress deployment: routes each request by ``model`` to that model's deployment."""
+"""The routing ingress: kronk's FastAPI app over deployment handles, routing each call by ``model``.
+
+:class:`ServeBackend` is the Serve-handle form of ``kronk.serving.backend.Backend``
+(the in-process form is ``kronk.serving.local.LocalBackend``). What both Serve
+shapes share — the model manager actor's client, the running replica counts from
+Serve's controller, every replica's numbers from the stats board — is here too.
+"""
 
 from __future__ import annotations
 
@@ -10,67 +16,91 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.board import get_board, start_publisher_in_actor
 from deployments.llm import deployment_name
 from kronk.api.app import create_app
-from kronk.api.backend import RequestContext, context_dict, model_card, set_process_backend
 from kronk.api.errors import unwrap
-from kronk.security.auth import set_process_api_keys
-from kronk.settings import load_settings
+from kronk.serving.backend import model_card, stats_of
+from kronk.serving.call import Call
+from kronk.serving.items import Failure, Item
+from kronk.settings import Settings
 from kronk.telemetry import tracing
-from kronk.telemetry.board import get_board, snapshot_key, start_publisher_in_actor
-from kronk.telemetry.metrics import Recorder, process_recorder, set_process_recorder
-from kronk.telemetry.stats import summarize
+from kronk.telemetry.board import Publisher
+from kronk.telemetry.metrics import Recorder
 
-app = create_app(None)
+APP_NAME = "kronk"
 
 
 class ActorModelOps:
-    """The model manager actor's calls, awaitable."""
+    """The model manager actor's calls, awaitable (its errors raised as the KronkErrors they are)."""
 
-    def __init__(self, actor: Any):
-        self.actor = actor
+    def __init__(self, settings_args: dict[str, Any]):
+        self.settings_args = settings_args
+        self._actor: Any = None
 
     async def call(self, method: str, *args: Any) -> Any:
+        if self._actor is None:
+            from deployments.model_manager import get_or_create_model_manager
+
+            self._actor = get_or_create_model_manager(self.settings_args)
         try:
-            return await getattr(self.actor, method).remote(*args)
+            return await getattr(self._actor, method).remote(*args)
         except Exception as e:
             raise unwrap(e) from None
+
+
+class ReplicaCounts:
+    """Running replicas per model, from Serve's controller (cached for a couple of seconds)."""
+
+    def __init__(self, models: list[str]):
+        self.models = models
+        self._counts: dict[str, int] = {}
+        self._at = 0.0
+
+    async def __call__(self) -> dict[str, int]:
+        now = time.monotonic()
+        if now - self._at > 2.0:
+            try:
+                st = await asyncio.to_thread(serve.status)
+                deps = st.applications[APP_NAME].deployments if APP_NAME in st.applications else {}
+                by_name = {name: sum(n for s, n in d.replica_states.items() if getattr(s, "value", s) == "RUNNING")
+                           for name, d in deps.items()}
+                self._counts = {m: by_name.get(deployment_name(m), 0) for m in self.models}
+                self._at = now
+            except Exception:  # the controller is busy: assume every model is up
+                self._counts = {m: 1 for m in self.models}
+        return self._counts
+
+
+async def board_snapshots() -> list[dict[str, Any]]:
+    """Every replica's snapshot on the stats board (none when the board is unreachable)."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(get_board().all), timeout=5)
+    except Exception:
+        return []
+
+
+def http_recorder() -> tuple[Recorder, Publisher | None]:
+    """The HTTP side's metrics of this replica (component ``ingress``), published to the stats board."""
+    rec = Recorder("ingress", serve.get_replica_context().replica_tag)
+    return rec, start_publisher_in_actor(rec)
 
 
 class ServeBackend:
     """The Backend the routes use, over Serve deployment handles."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle], settings_args: dict[str, Any]):
+    def __init__(self, handles: dict[str, DeploymentHandle], settings: Settings):
         self.handles = handles
-        self.settings_args = settings_args
-        self._ops: ActorModelOps | None = None
+        self._ops = ActorModelOps(settings.to_args())
         self.streams = {m: h.options(stream=True, _by_reference=False) for m, h in handles.items()}
         self.created = int(time.time())
         self._info: dict[str, dict[str, Any]] = {}
-        self._replicas: dict[str, int] = {}
-        self._replicas_at = 0.0
-        self._board = get_board()
-        settings = load_settings(settings_args)
+        self.running_replicas = ReplicaCounts(list(handles))
         # Only a model that may scale to zero can have no replica; the others are always asked.
         self._scales_to_zero = {m: settings.resolved_model(m).min_replicas == 0 for m in handles}
 
     async def model_ids(self) -> list[str]:
         return list(self.handles)
-
-    async def running_replicas(self) -> dict[str, int]:
-        """Running replicas per model, from Serve's controller (cached for a couple of seconds)."""
-        now = time.monotonic()
-        if now - self._replicas_at > 2.0:
-            try:
-                st = await asyncio.to_thread(serve.status)
-                deps = st.applications["kronk"].deployments if "kronk" in st.applications else {}
-                by_name = {name: sum(n for s, n in d.replica_states.items() if getattr(s, "value", s) == "RUNNING")
-                           for name, d in deps.items()}
-                self._replicas = {m: by_name.get(deployment_name(m), 0) for m in self.handles}
-                self._replicas_at = now
-            except Exception:  # the controller is busy: assume every model is up
-                self._replicas = {m: 1 for m in self.handles}
-        return self._replicas
 
     async def _model_info(self, model: str) -> dict[str, Any]:
         # Asking a model scaled to zero would start a replica: describe it from what is known instead.
@@ -84,79 +114,46 @@ class ServeBackend:
         return info
 
     async def model_cards(self) -> list[dict[str, Any]]:
-        cards = []
-        for m in self.handles:
-            info = self._info.get(m) or await self._model_info(m)
-            idle = info.get("replicas") == 0
-            status = "error" if info.get("error") else ("scaled_to_zero" if idle else "ready")
-            extra: dict[str, Any] = {"status": status}
-            if info.get("error"):
-                extra["error"] = info["error"]
-            if info.get("context_length"):
-                extra["context_length"] = info["context_length"]
-            cards.append(model_card(m, self.created, **extra))
-        return cards
+        return [model_card(m, self.created, self._info.get(m) or await self._model_info(m)) for m in self.handles]
 
-    async def stream(self, model: str, kind: str, body: dict[str, Any], ctx: RequestContext) -> AsyncIterator[Any]:
-        gen = self.streams[model].stream.remote(kind, body, context_dict(ctx))
+    async def stream(self, call: Call) -> AsyncIterator[Item]:
+        gen = self.streams[call.model].stream.remote(call)
         finished = False
         try:
             async for item in gen:
                 yield item
             finished = True
-        except Exception as e:
-            raise unwrap(e) from None
+        except Exception as e:  # the replica died, or Serve could not reach one
+            finished = True
+            yield Failure.of(unwrap(e))
         finally:
             if not finished:
                 gen.cancel()  # the client went away: stop the generation in the replica
 
     def model_ops(self) -> ActorModelOps:
-        if self._ops is None:
-            from deployments.model_manager import get_or_create_model_manager
-
-            self._ops = ActorModelOps(get_or_create_model_manager(self.settings_args))
         return self._ops
 
     async def telemetry(self) -> list[dict[str, Any]]:
-        """Every replica's snapshot from the stats board, this ingress's own taken fresh."""
-        own = process_recorder().snapshot()
-        try:
-            snaps = await asyncio.wait_for(asyncio.to_thread(self._board.all), timeout=5)
-        except Exception:  # the board is unreachable: this replica's numbers are better than none
-            snaps = []
-        return [s for s in snaps if snapshot_key(s) != snapshot_key(own)] + [own]
+        return await board_snapshots()
 
-    async def stats(self) -> dict[str, Any]:
-        """Per model: one replica's live engine stats (``stats``, as before), the running replicas
-        and ``aggregate``, every replica's numbers together (see kronk.telemetry.stats.summarize)."""
-        agg = summarize(await self.telemetry())
-        running = await self.running_replicas()
-        out = {}
-        for m in self.handles:
-            info = dict(await self._model_info(m))
-            info["replicas"] = running.get(m, info.get("replicas", 1))
-            info["aggregate"] = agg.get(m)
-            out[m] = info
-        return {"models": out}
-
-
-def start_http_front(backend: ServeBackend, settings: Any) -> Any:
-    """Make this replica answer HTTP: the routes' backend, API keys, tracing, and the HTTP-side metrics
-    (component ``ingress``) published to the stats board; returns the publisher to close."""
-    set_process_backend(backend)
-    set_process_api_keys(k.get_secret_value() for k in settings.api_keys)
-    tracing.setup()
-    rec = Recorder("ingress", serve.get_replica_context().replica_tag)
-    set_process_recorder(rec)
-    return start_publisher_in_actor(rec)
+    async def stats(self, snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+        infos = {m: dict(await self._model_info(m)) for m in self.handles}
+        return stats_of(infos, await self.running_replicas(), snapshots)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)
-@serve.ingress(app)
+@serve.ingress()
 class Ingress:
     def __init__(self, handles: dict[str, DeploymentHandle], settings_args: dict[str, Any]):
-        self.settings = load_settings(settings_args)
-        self._publisher = start_http_front(ServeBackend(handles, settings_args), self.settings)
+        self.settings = Settings.from_resolved(settings_args)
+        self.backend = ServeBackend(handles, self.settings)
+        tracing.setup()
+        self.recorder, self._publisher = http_recorder()
+
+    def __serve_build_asgi_app__(self) -> Any:
+        """This replica's app (Serve calls it after __init__): its own backend, keys and recorder."""
+        return create_app(self.backend, api_keys=[k.get_secret_value() for k in self.settings.api_keys],
+                          recorder=self.recorder)
 
     def __del__(self) -> None:
         pub = getattr(self, "_publisher", None)

@@ -14,6 +14,7 @@ from typing import Any
 
 import ray
 
+from deployments.board import start_publisher_in_actor
 from deployments.ray_env import lower_process
 from kronk.store.manager import ModelManager
 
@@ -40,6 +41,7 @@ class ModelManagerActor(ModelManager):
     def __init__(self, settings_args: dict[str, Any] | None = None):
         super().__init__(settings_args)
         lower_process(os.getpid(), self.settings.background_nice)
+        self._publisher = start_publisher_in_actor(self.recorder)  # its pulls' numbers on the stats board
 
 
 def get_or_create_model_manager(settings_args: dict[str, Any] | None = None) -> ray.actor.ActorHandle:

@@ -4,75 +4,30 @@ With one model there is nothing to route, so the separate routing ingress
 (``deployments/ingress.py``) is only an extra process and an extra hop for every
 streamed item. ``LlamaServer`` is ``LlamaDeployment`` (same engine, same
 ``@serve.batch`` admission, same options and autoscaling) with kronk's FastAPI
-app mounted on it: Serve's HTTP proxy streams straight from the replica that
-generates the tokens, and with autoscaling the proxy spreads requests over the
-model's replicas. Several models, or a model that may scale to zero, keep the
-routing ingress (see ``deployments.app.build_app_from_settings``).
+app on it, over a ``LocalBackend`` whose one model is this replica itself: Serve's
+HTTP proxy streams straight from the replica that generates the tokens, and with
+autoscaling the proxy spreads requests over the model's replicas. Several models,
+or a model that may scale to zero, keep the routing ingress (see
+``deployments.app.build_app_from_settings``).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from ray import serve
 
 from deployments.direct_http import DirectHTTPServer
-from deployments.ingress import ServeBackend, start_http_front
+from deployments.ingress import ActorModelOps, ReplicaCounts, board_snapshots, http_recorder
 from deployments.llm import DEPLOYMENT_DEFAULTS, LlamaReplica
 from kronk.api.app import create_app
-
-app = create_app(None)
+from kronk.serving.local import LocalBackend
 
 # The replica also answers /health, /metrics, /v1/models, pulls ...: room for those beyond the model's own
 # admission limit, so a replica busy with max_ongoing_requests generations still answers a scrape at once.
 HTTP_HEADROOM = 32
 # Requests a replica's own listener lets finish when it stops (within Serve's graceful_shutdown_timeout_s).
 DRAIN_TIMEOUT_S = DEPLOYMENT_DEFAULTS["graceful_shutdown_timeout_s"] - 10
-
-
-class _LocalStream:
-    """A replica's own ``stream`` generator, shaped like a streaming DeploymentResponseGenerator."""
-
-    def __init__(self, gen: AsyncGenerator[Any, None]):
-        self._gen = gen
-
-    def __aiter__(self) -> _LocalStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        return await self._gen.__anext__()
-
-    def cancel(self) -> None:
-        task = asyncio.ensure_future(self._gen.aclose())
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-
-class _LocalMethod:
-    def __init__(self, fn: Callable[..., Any]):
-        self._fn = fn
-
-    def remote(self, *args: Any) -> Any:
-        return self._fn(*args)
-
-
-class LocalHandle:
-    """The part of a DeploymentHandle that ServeBackend uses, answered by this replica itself."""
-
-    def __init__(self, replica: LlamaReplica):
-        self._replica = replica
-
-    def options(self, **_: Any) -> LocalHandle:
-        return self
-
-    @property
-    def stream(self) -> _LocalMethod:
-        return _LocalMethod(lambda kind, body, ctx=None: _LocalStream(self._replica.stream(kind, body, ctx)))
-
-    @property
-    def info(self) -> _LocalMethod:
-        return _LocalMethod(self._replica.info)
 
 
 class LlamaServerReplica(LlamaReplica):
@@ -84,14 +39,22 @@ class LlamaServerReplica(LlamaReplica):
 
     def __init__(self, model: dict[str, Any], settings_args: dict[str, Any]):
         super().__init__(model, settings_args)
-        self._http_publisher = start_http_front(ServeBackend({self.model.name: LocalHandle(self)}, settings_args),
-                                                self.settings)
+        self.backend = LocalBackend({self.model.name: self}, ops=lambda: ActorModelOps(settings_args),
+                                    telemetry=board_snapshots, replicas=ReplicaCounts([self.model.name]))
+        self.recorder, self._http_publisher = http_recorder()
         self._direct: DirectHTTPServer | None = None
         if self.settings.http_front == "replica":
             self.stream_interval_s = 0.0  # no proxy, so no handle hop: every item goes to its client at once
-            # after the engine loaded (or failed to: then every request gets the reason, as through the proxy)
+
+    async def __serve_build_asgi_app__(self) -> Any:
+        """This replica's app (Serve calls it after __init__, once the engine has loaded or failed to: then
+        every request gets the reason, as through the proxy)."""
+        app = create_app(self.backend, api_keys=[k.get_secret_value() for k in self.settings.api_keys],
+                         recorder=self.recorder)
+        if self.settings.http_front == "replica":
             self._direct = DirectHTTPServer(app, self.settings.host, self.settings.port)
             self._direct.start()
+        return app
 
     def check_health(self) -> None:
         super().check_health()
@@ -109,7 +72,7 @@ class LlamaServerReplica(LlamaReplica):
         super().__del__()
 
 
-LlamaServer = serve.deployment(name="LlamaServer", **DEPLOYMENT_DEFAULTS)(serve.ingress(app)(LlamaServerReplica))
+LlamaServer = serve.deployment(name="LlamaServer", **DEPLOYMENT_DEFAULTS)(serve.ingress()(LlamaServerReplica))
 
 
 def server_options(model_options: dict[str, Any]) -> dict[str, Any]:

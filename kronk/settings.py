@@ -5,6 +5,11 @@ Precedence, highest first: explicit values (CLI flags, ``build_app`` args) >
 setting has one name in all three places: ``--models-dir`` / ``KRONK_MODELS_DIR``
 / ``models_dir``. The config file is read in exactly one place:
 :func:`read_config_file`.
+
+Settings are resolved once, where the server starts; other processes (replicas, the
+model manager) get ``Settings.to_args()`` and rebuild the object with
+:meth:`Settings.from_resolved`, which reads neither the environment nor a config file.
+A model's config inherits every field it shares with Settings (:meth:`Settings.resolved_model`).
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import json
 import os
 import re
 from contextvars import ContextVar
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -28,14 +34,31 @@ DEFAULT_MODEL = "gemma3-270m"
 
 # The config file path in force while a Settings object is being built (see load_settings).
 _config_path: ContextVar[Path | None] = ContextVar("kronk_config_path", default=None)
+# True while Settings.from_resolved rebuilds settings that were resolved elsewhere: no environment is read.
+_from_resolved: ContextVar[bool] = ContextVar("kronk_from_resolved", default=False)
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("KRONK_HOME") or Path.home() / ".kronk").expanduser()
+    env = None if _from_resolved.get() else os.environ.get("KRONK_HOME")
+    return Path(env or Path.home() / ".kronk").expanduser()
+
+
+def _json_or_list(v: Any) -> Any:
+    """A flag's or env var's text for a list: JSON (``[0.6, 0.4]``) or comma/space separated (``0.6,0.4``)."""
+    if isinstance(v, str):
+        text = v.strip()
+        return json.loads(text) if text.startswith("[") else [s for s in re.split(r"[,\s]+", text) if s]
+    return v
+
+
+def _json_object(v: Any) -> Any:
+    """A flag's text for an object: JSON (``{"gpu_node": 0.1}``)."""
+    return json.loads(v) if isinstance(v, str) else v
 
 
 class ModelConfig(BaseModel):
-    """One served model. Unset (None) engine fields inherit the server-wide defaults."""
+    """One served model. A field left None takes the server-wide setting of the same name (every field but
+    MODEL_ONLY_FIELDS has one; see Settings.resolved_model)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -72,13 +95,13 @@ class ModelConfig(BaseModel):
     target_ongoing_requests: float | None = Field(default=None, gt=0, description="Autoscaling target.")
     max_ongoing_requests: int | None = Field(default=None, ge=1, description="Per-replica admission limit.")
     upscale_delay_s: float | None = Field(
-        default=None, ge=0, description="Autoscaling: how long load must stay high before adding replicas (3s).")
+        default=None, ge=0, description="Autoscaling: how long load must stay high before adding replicas.")
     downscale_delay_s: float | None = Field(
         default=None, ge=0, description="Autoscaling: how long load must stay low before removing replicas, "
-        "including the last one when min_replicas is 0 (60s).")
+        "including the last one when min_replicas is 0.")
     look_back_period_s: float | None = Field(
-        default=None, gt=0, description="Autoscaling: the window the load is averaged over (Ray Serve's 30s); "
-        "load is reported at least twice per window.")
+        default=None, gt=0, description="Autoscaling: the window the load is averaged over; load is reported at "
+        "least twice per window.")
 
     @property
     def model_source(self) -> str:
@@ -118,20 +141,56 @@ class Settings(BaseSettings):
         "models: Ray's own services on a Ray that `kronk server start` starts, and the model manager's pulls. "
         "0: normal priority.")
 
-    # Defaults for every model (a model's own field wins).
+    # Defaults for every model: each field that ModelConfig has too is inherited by a model that leaves it
+    # unset (Settings.resolved_model). None where it stands for a value derived per model or per machine
+    # (DERIVED_DEFAULTS says from what).
     parallel: int = Field(default=4, ge=1, le=256, description="Sequence slots per replica.")
-    ctx_size: int = Field(default=8192, ge=64, description="Context length of one slot, in tokens.")
-    kv_cache_type: KVCacheType = Field(default="f16", description="KV cache type for K and V.")
+    ctx_size: int = Field(
+        default=8192, ge=64, description="Context length of one slot, in tokens (for a catalog model: at most "
+        "this, within the catalog's context length).")
+    kv_cache_type: KVCacheType = Field(
+        default="f16", description="KV cache type for K and V (a catalog model's recommended type wins).")
     flash_attn: FlashAttn = Field(default="auto", description="Flash attention: auto, on or off.")
     gpu_layers: int = Field(default=-1, description="Layers offloaded to the GPU when one is used (-1: all).")
-    threads: int | None = Field(default=None, ge=1, description="Decode threads per replica.")
+    main_gpu: int = Field(default=0, ge=0, description="GPU used for the whole model or its scratch buffers.")
+    # NoDecode: KRONK_TENSOR_SPLIT may be `0.6,0.4` as well as a JSON list (decoded in _list_from_text)
+    tensor_split: Annotated[list[float] | None, NoDecode] = Field(
+        default=None, description="Fraction of the model per GPU, e.g. 0.6,0.4 (default: llama.cpp's split).")
+    threads: int | None = Field(
+        default=None, ge=1, description="Decode threads per replica (default: the replica machine's physical "
+        "cores).")
+    threads_batch: int | None = Field(default=None, ge=1, description="Prompt threads per replica (default: threads).")
     batch_size: int = Field(default=512, ge=16, description="Tokens per llama_decode call.")
-    min_replicas: int = Field(default=1, ge=0, description="Autoscaling lower bound per model.")
-    max_replicas: int = Field(default=1, ge=1, description="Autoscaling upper bound per model.")
-    target_ongoing_requests: float | None = Field(
-        default=None, gt=0, description="Autoscaling target per replica (default: the model's parallel).")
+    batch_invariant: bool = Field(
+        default=True, description="Temperature-0 output independent of load (off allows repacked CPU weights, "
+        "somewhat faster on some CPUs).")
     num_cpus: float = Field(default=1.0, ge=0, description="Ray CPUs per model replica.")
     num_gpus: float = Field(default=0.0, ge=0, description="Ray GPUs per model replica.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description='Custom Ray resources per model replica (JSON: {"gpu_node": 0.1}).')
+    min_replicas: int = Field(default=1, ge=0, description="Autoscaling lower bound per model.")
+    max_replicas: int = Field(default=1, ge=1, description="Autoscaling upper bound per model.")
+    initial_replicas: int | None = Field(
+        default=None, ge=0, description="Replicas at start per model (default: min_replicas, at least 1).")
+    target_ongoing_requests: float | None = Field(
+        default=None, gt=0, description="Autoscaling target per replica (default: the model's parallel).")
+    max_ongoing_requests: int | None = Field(
+        default=None, ge=1, description="Requests one replica admits (default: 4 x the model's parallel, at "
+        "least 16).")
+    upscale_delay_s: float = Field(
+        default=3.0, ge=0, description="Autoscaling: how long load must stay high before adding replicas.")
+    downscale_delay_s: float = Field(
+        default=60.0, ge=0, description="Autoscaling: how long load must stay low before removing replicas, "
+        "including the last one when min_replicas is 0.")
+    look_back_period_s: float = Field(
+        default=30.0, gt=0, description="Autoscaling: the window the load is averaged over; load is reported at "
+        "least twice per window.")
+
+    # How replicas run (not per model).
+    stream_interval_ms: int = Field(
+        default=100, ge=0, description="How often a model replica sends a streaming request's items across the "
+        "Serve handle hop, in ms (0: every item at once).")
+    llama_log: bool = Field(default=False, description="Show llama.cpp's own log.")
 
     # NoDecode: KRONK_MODELS may be `a,b` as well as JSON (decoded in _models_from_names)
     models: Annotated[list[ModelConfig], NoDecode] = Field(
@@ -158,6 +217,16 @@ class Settings(BaseSettings):
             return [k for k in re.split(r"[,\s]+", text) if k]
         return v
 
+    @field_validator("tensor_split", mode="before")
+    @classmethod
+    def _list_from_text(cls, v: Any) -> Any:
+        return _json_or_list(v)
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _object_from_text(cls, v: Any) -> Any:
+        return _json_object(v)
+
     @field_validator("home", "models_dir", mode="after")
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
@@ -165,12 +234,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
-        if self.hf_token is None:
-            tok = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-            if tok:
-                self.hf_token = SecretStr(tok)
-        if self.hf_endpoint is None and os.environ.get("HF_ENDPOINT"):
-            self.hf_endpoint = os.environ["HF_ENDPOINT"]
+        if not _from_resolved.get():  # resolved elsewhere (from_resolved): what the args lack stays unset
+            if self.hf_token is None:
+                tok = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+                if tok:
+                    self.hf_token = SecretStr(tok)
+            if self.hf_endpoint is None and os.environ.get("HF_ENDPOINT"):
+                self.hf_endpoint = os.environ["HF_ENDPOINT"]
         names = [m.name for m in self.models]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
@@ -187,31 +257,62 @@ class Settings(BaseSettings):
                 return m
         raise KeyError(name)
 
-    def resolved_model(self, m: ModelConfig | str) -> ModelConfig:
-        """The model's config with every inheritable field filled from the server defaults."""
+    def resolved_model(self, m: ModelConfig | str, catalog: CatalogDefaults | None = None) -> ModelConfig:
+        """The model's config with every field concrete: the model's own value, else the server's.
+
+        Every field that the model's class and the server's share by name (:func:`inherited_fields`) is
+        inherited; ``cache_type_k``/``cache_type_v`` fall back to the resolved ``kv_cache_type``; fields left
+        None at both levels that stand for a per-model value (``initial_replicas``, ``target_ongoing_requests``,
+        ``max_ongoing_requests``) are computed from the model's resolved values; ``max_replicas`` is at least
+        ``min_replicas``. Still None after this, meaning "decided where it runs": ``threads`` (the replica
+        machine's physical cores), ``threads_batch`` (= threads), ``tensor_split`` (llama.cpp's split),
+        ``embedding`` and ``chat_template`` (from the GGUF).
+
+        ``catalog``: the model's catalog values (its store manifest, or its catalog entry), used where the
+        model's own config sets none: ``context_length`` caps the server's ``ctx_size`` (which acts as the
+        budget), ``kv_cache_type`` (the catalog's recommendation) wins over the server's, ``chat_template``
+        fills in. Pass the model's *own* config (as the user wrote it) so that what it sets is known.
+        """
         if isinstance(m, str):
             m = self.model(m)
-        inherit = {
-            "parallel": self.parallel,
-            "ctx_size": self.ctx_size,
-            "kv_cache_type": self.kv_cache_type,
-            "flash_attn": self.flash_attn,
-            "gpu_layers": self.gpu_layers,
-            "threads": self.threads,
-            "batch_size": self.batch_size,
-            "min_replicas": self.min_replicas,
-            "max_replicas": self.max_replicas,
-            "target_ongoing_requests": self.target_ongoing_requests,
-            "num_cpus": self.num_cpus,
-            "num_gpus": self.num_gpus,
-        }
         data = m.model_dump()
-        for k, v in inherit.items():
-            if data.get(k) is None:
+        server = self.model_dump(include=set(inherited_fields(type(self), type(m))))
+        for k, v in server.items():
+            if data[k] is None:
                 data[k] = v
+        if catalog is not None:
+            length = getattr(catalog, "context_length", None)
+            if m.ctx_size is None and length:
+                data["ctx_size"] = min(int(length), self.ctx_size)
+            kv = getattr(catalog, "kv_cache_type", None)
+            if m.kv_cache_type is None and kv:
+                data["kv_cache_type"] = kv
+            template = getattr(catalog, "chat_template", None)
+            if m.chat_template is None and template:
+                data["chat_template"] = template
         data["cache_type_k"] = data["cache_type_k"] or data["kv_cache_type"]
         data["cache_type_v"] = data["cache_type_v"] or data["kv_cache_type"]
-        return ModelConfig(**data)
+        data["max_replicas"] = max(data["max_replicas"], data["min_replicas"])
+        if data["initial_replicas"] is None:
+            data["initial_replicas"] = max(data["min_replicas"], 1)
+        if data["target_ongoing_requests"] is None:
+            data["target_ongoing_requests"] = float(data["parallel"])
+        if data["max_ongoing_requests"] is None:
+            data["max_ongoing_requests"] = max(4 * data["parallel"], 16)
+        return type(m).model_validate(data)
+
+    @classmethod
+    def from_resolved(cls, args: dict[str, Any]) -> Settings:
+        """Settings rebuilt from :meth:`to_args` output (the replicas', the model manager's), reading nothing:
+        no ``KRONK_*`` variable, no config file, no ``HF_TOKEN``/``HF_ENDPOINT``/``KRONK_HOME`` fallback. What
+        ``args`` lacks takes the code default. Settings are resolved once, where the server starts."""
+        token = _from_resolved.set(True)
+        try:
+            # settings_customise_sources gives only the init source under _from_resolved (model_validate
+            # would not do: it runs BaseSettings.__init__, which reads the sources)
+            return cls(**args)
+        finally:
+            _from_resolved.reset(token)
 
     def public_dict(self) -> dict[str, Any]:
         """Settings as plain data with secrets masked (safe to log or return)."""
@@ -237,7 +338,43 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if _from_resolved.get():  # Settings.from_resolved: the args only
+            return (init_settings,)
         return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+
+class CatalogDefaults(Protocol):
+    """What the catalog knows about a model (a store Manifest or a CatalogEntry has these)."""
+
+    context_length: int | None
+    kv_cache_type: str | None
+    chat_template: str | None
+
+
+# ModelConfig fields with no server-wide counterpart: the model's identity, and what defaults to the GGUF's or
+# to another field of the model (cache_type_k/v: kv_cache_type). Every other ModelConfig field must be a
+# Settings field too, with the default used when the model sets none (tests/unit/test_settings.py checks).
+MODEL_ONLY_FIELDS = ("name", "source", "cache_type_k", "cache_type_v", "embedding", "chat_template")
+
+# What a setting whose default is None stands for (kronk config show prints it beside the source).
+DERIVED_DEFAULTS = {
+    "models_dir": "<home>/models",
+    "address": "start a local Ray",
+    "threads": "physical cores",
+    "threads_batch": "threads",
+    "tensor_split": "llama.cpp's split",
+    "initial_replicas": "min_replicas, at least 1",
+    "target_ongoing_requests": "parallel",
+    "max_ongoing_requests": "4 x parallel, at least 16",
+}
+
+
+@cache
+def inherited_fields(settings_cls: type[BaseModel] = Settings, model_cls: type[BaseModel] = ModelConfig
+                     ) -> tuple[str, ...]:
+    """The per-model fields a model inherits from the server when it leaves them None: every field that both
+    classes have, by name (computed, so a field added to both is inherited without a list to keep)."""
+    return tuple(f for f in model_cls.model_fields if f in settings_cls.model_fields)
 
 
 class _ConfigFileSource(PydanticBaseSettingsSource):

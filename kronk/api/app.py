@@ -1,47 +1,60 @@
-"""create_app(backend): the FastAPI application every front end (Serve ingress, in-process) uses."""
+"""create_app(backend): the FastAPI application every HTTP front (Serve ingress, model replica, in-process) runs.
+
+The app holds what it needs in ``app.state`` (its backend, its HTTP-side metrics
+recorder); nothing is a module global, so every process, replica and test builds
+its own app with this factory.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from kronk import __version__
-from kronk.api import errors, manage, openai
-from kronk.api.backend import Backend, telemetry_of
+from kronk.api import errors
+from kronk.api.families import ROUTERS
+from kronk.api.http import backend_of
 from kronk.api.middleware import ObservabilityMiddleware
-from kronk.api.openai import backend_of
 from kronk.security.auth import ApiKeyMiddleware
+from kronk.serving.backend import Backend
 from kronk.telemetry import prometheus
+from kronk.telemetry.board import snapshot_key
+from kronk.telemetry.metrics import Recorder
 
 
-def create_app(backend: Backend | None = None, extra_routers: list[Any] | None = None,
-               api_keys: list[str] | None = None) -> FastAPI:
-    """The app; ``api_keys`` None means the process-wide keys (set by the Serve ingress)."""
+async def all_snapshots(request: Request) -> list[dict[str, Any]]:
+    """Every replica's metrics snapshot the backend knows of, with this front's own taken fresh."""
+    own = request.app.state.recorder.snapshot()
+    snaps = await backend_of(request).telemetry()
+    return [s for s in snaps if snapshot_key(s) != snapshot_key(own)] + [own]
+
+
+def create_app(backend: Backend, *, api_keys: Iterable[str] = (), recorder: Recorder | None = None) -> FastAPI:
+    """The app over ``backend``; ``api_keys``: keys required from non-local clients (none: open);
+    ``recorder``: where its HTTP-side metrics go (default: a fresh ``ingress``/``local`` recorder)."""
     app = FastAPI(title="kronk", version=__version__, description="Local LLM model server (OpenAI-compatible)")
     app.state.backend = backend
+    app.state.recorder = recorder or Recorder("ingress", "local")
     errors.install(app)
-    manage.attach(app)  # before openai: /v1/models/pull must win over /v1/models/{id}
-    openai.attach(app)
+    for r in ROUTERS:
+        app.include_router(r)
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:
-        ids = await backend_of(request).model_ids()
-        return {"status": "ok", "models": ids}
+        return {"status": "ok", "models": await backend_of(request).model_ids()}
 
     @app.get("/v1/stats")
     async def stats(request: Request) -> dict[str, Any]:
-        return await backend_of(request).stats()
+        return await backend_of(request).stats(await all_snapshots(request))
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
         """kronk's metrics in Prometheus text, gathered from every replica (see docs/observability.md)."""
-        snapshots = await telemetry_of(backend_of(request))
-        return Response(prometheus.render(snapshots), media_type=prometheus.CONTENT_TYPE)
+        return Response(prometheus.render(await all_snapshots(request)), media_type=prometheus.CONTENT_TYPE)
 
-    for r in extra_routers or []:
-        app.include_router(r)
-    app.add_middleware(ApiKeyMiddleware, keys=api_keys)
-    app.add_middleware(ObservabilityMiddleware)  # outermost: request ids, spans and counts for every answer
+    app.add_middleware(ApiKeyMiddleware, keys=[k for k in api_keys if k])
+    app.add_middleware(ObservabilityMiddleware, recorder=app.state.recorder)  # outermost: ids, spans, counts
     return app

@@ -1,7 +1,8 @@
 """Request ids, the HTTP request span and request counting: one ASGI middleware around every route.
 
 * ``X-Request-ID``: a client's id (letters, digits, ``._:-``, up to 128) is kept, otherwise one is made;
-  it is sent back on the response and travels to the replica in the request context.
+  it is sent back on the response and is the request's one id: the engine's request id, the response's
+  ``id`` (``chatcmpl-<id>``), the spans' ``kronk.request_id`` and the slot's ``request_id`` in ``/v1/stats``.
 * Tracing (only when :func:`kronk.telemetry.tracing.enabled`): a SERVER span per request, the child of
   an incoming W3C ``traceparent``, current while the route runs and streams, so the ids handed to a
   replica point at it; it ends when the last byte is sent.
@@ -22,7 +23,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kronk.telemetry import tracing
-from kronk.telemetry.metrics import process_recorder
+from kronk.telemetry.metrics import Recorder
 
 SCOPE_KEY = "kronk.request"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -59,8 +60,9 @@ def _route_of(scope: Scope) -> str:
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, recorder: Recorder):
         self.app = app
+        self.recorder = recorder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,9 +113,8 @@ class ObservabilityMiddleware:
                 "kronk.duration_s": time.perf_counter() - t0})
             self._count(scope, info, status)
 
-    @staticmethod
-    def _count(scope: Scope, info: RequestInfo, status: int) -> None:
+    def _count(self, scope: Scope, info: RequestInfo, status: int) -> None:
         route = _route_of(scope)
         if route in NOT_COUNTED:
             return
-        process_recorder().on_http_request(route, status, info.model)
+        self.recorder.on_http_request(route, status, info.model)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from kronk.cli.common import SERVER_FIELDS, build_settings, config_option, overrides_of, print_json, settings_options
-from kronk.settings import config_file_path, env_name, flag_name, setting_sources
+from kronk.settings import DERIVED_DEFAULTS, config_file_path, env_name, flag_name, setting_sources
 
 
 @click.group()
@@ -17,6 +17,8 @@ def config() -> None:
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "{}"
     if isinstance(value, list):
         return ", ".join(str(v.get("name", v)) if isinstance(v, dict) else str(v) for v in value) or "[]"
     return "-" if value is None else str(value)
@@ -30,6 +32,9 @@ def _shown(value: Any) -> str:
 def show(config: Path | None, model: tuple[str, ...], as_json: bool, **params: Any) -> None:
     """Every setting's effective value and its source: flag > env (KRONK_*) > config file > default.
 
+    Per-model fields show the server-wide value every model inherits unless its own entry sets the field
+    (a catalog model's context length and recommended KV cache type apply where its entry sets none).
+
     Takes the same flags as `kronk server start`, so you can see what a start would use.
     Secrets (the Hugging Face token, API keys) are always masked.
     """
@@ -42,9 +47,10 @@ def show(config: Path | None, model: tuple[str, ...], as_json: bool, **params: A
     path = config_file_path(config, overrides.get("home"))
     rows = []
     for name, value in values.items():
-        if name == "models_dir" and value is None:
-            value = str(settings.models_path)
-            sources[name] = sources[name] + " (<home>/models)"
+        if value is None and name in DERIVED_DEFAULTS:  # None stands for a value derived elsewhere: say which
+            if name == "models_dir":
+                value = str(settings.models_path)
+            sources[name] = sources[name] + f" ({DERIVED_DEFAULTS[name]})"
         rows.append({"setting": name, "value": value, "source": sources[name],
                      "flag": flag_name(name) if name in SERVER_FIELDS else ("--model" if name == "models" else None),
                      "env": env_name(name)})

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import sys
-import threading
 import time
 from typing import Any
 
@@ -15,7 +13,6 @@ from kronk.cli import procs
 from kronk.cli.common import err, fail
 from kronk.settings import Settings
 
-APP_NAME = "kronk"
 log = logging.getLogger("kronk.server")
 
 
@@ -46,16 +43,6 @@ def validate_models(settings: Settings) -> None:
                  "hf.co/<org>/<repo>:<QUANT> or a .gguf path")
 
 
-def cpus_needed(settings: Settings) -> int:
-    """Logical CPUs for every model replica at its max scale, plus the ingress and model manager."""
-    total = 0.0
-    for m in settings.models:
-        r = settings.resolved_model(m)
-        replicas = max(r.max_replicas or 1, r.min_replicas or 0, r.initial_replicas or 0, 1)
-        total += (r.num_cpus if r.num_cpus is not None else 1.0) * replicas
-    return math.ceil(total + 1)
-
-
 def _install_signals(state: dict[str, Any]) -> None:
     def handler(signum: int, frame: Any) -> None:
         if state.get("stopping"):
@@ -71,41 +58,10 @@ def _install_signals(state: dict[str, Any]) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _shutdown(local: bool, started: bool) -> None:
-    import ray
-    from ray import serve
-
-    kids = procs.descendants(os.getpid())
-    if started:
-        err("kronk: shutting down")
-
-        def stop_serve() -> None:
-            try:
-                if local:
-                    serve.shutdown()
-                else:
-                    serve.delete(APP_NAME)
-            except Exception as e:  # keep going: Ray is shut down next either way
-                err(f"kronk: Serve shutdown failed: {e}")
-
-        t = threading.Thread(target=stop_serve, daemon=True)
-        t.start()
-        t.join(60)
-    try:
-        if ray.is_initialized():
-            ray.shutdown()
-    except Exception as e:
-        err(f"kronk: Ray shutdown failed: {e}")
-    if local:  # whatever Ray left behind (helper processes) goes too
-        procs.terminate([p for p in kids if procs.alive(p)], grace_s=3.0)
-
-
 def run_server(settings: Settings, url: str, start_timeout: float, detached: bool,
                config_path: str | None) -> int:
-    """Start Ray + the Serve app, block until SIGINT/SIGTERM, then stop everything. Returns the exit code."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never phone home
-    if not sys.stderr.isatty():
-        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # plain log files
+    """Start Ray + the Serve app (deployments.launch), block until SIGINT/SIGTERM, then stop everything.
+    Returns the exit code."""
     # Ray's worker processes inherit these, so replicas read the same home and config file.
     os.environ["KRONK_HOME"] = str(settings.home)
     if config_path:
@@ -119,60 +75,17 @@ def run_server(settings: Settings, url: str, start_timeout: float, detached: boo
         "detached": detached, "log": str(procs.log_path(settings.home)) if detached else None,
         "started_at": time.time(),
     })
-    local = not settings.address
     state: dict[str, Any] = {}
-    started = False
-    keeper = None
+    launch = None
     code = 0
     _install_signals(state)
     try:
-        import ray
-        from ray import serve
+        from deployments.launch import Launch
 
-        from deployments.app import (
-            build_app_from_settings,
-            resolve_http_front,
-            start_local_serve,
-            start_serve,
-            wait_until_running,
-        )
-
-        if local:
-            from deployments.ray_env import apply_ray_env
-
-            apply_ray_env()  # before ray.init: Ray's processes read it when they start
-            cpus = max(os.cpu_count() or 1, cpus_needed(settings))
-            err(f"kronk: starting a local Ray cluster ({cpus} logical CPUs)")
-            # Ray's helper processes start with SIGINT ignored, so a Ctrl-C in the terminal reaches only
-            # this process, which then shuts them down in order.
-            old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-            try:
-                ray.init(address="local", num_cpus=cpus, include_dashboard=False, namespace=APP_NAME,
-                         log_to_driver=True, configure_logging=False)
-            finally:
-                signal.signal(signal.SIGINT, old)
-        else:
-            err(f"kronk: joining the Ray cluster at {settings.address}")
-            ray.init(address=settings.address, namespace=APP_NAME, log_to_driver=True, configure_logging=False)
-        # ray.init replaced the SIGTERM handler (with sys.exit, and a C-level stack dump): take it back
-        _install_signals(state)
-        if state.get("stopping"):
-            raise _Stop()
-        started = True
-        front = resolve_http_front(settings, local)
-        # "replica": the model's replicas listen on host:port themselves (deployments/direct_http.py)
-        settings = settings.model_copy(update={"http_front": front})
-        if local:  # this process keeps the port for the replicas; Ray's services yield the CPU to the models
-            keeper = start_local_serve(front, settings.host, settings.port, settings.background_nice)
-        else:
-            start_serve(front, settings.host, settings.port)
+        launch = Launch(settings, start_timeout_s=start_timeout, url=url, log_to_driver=True,
+                        say=lambda line: err(f"kronk: {line}"))
+        launch.start()
         names = ", ".join(m.name for m in settings.models)
-        taker = "the model's replicas" if front == "replica" else "Serve's proxy"
-        err(f"kronk: deploying {names} (models in {settings.models_path}; HTTP taken by {taker})")
-        serve.run(build_app_from_settings(settings), name=APP_NAME, route_prefix="/", blocking=False)
-        wait_until_running(APP_NAME, start_timeout)
-        if not procs.wait_healthy(url, 60):
-            raise TimeoutError(f"the application is running but {url}/health does not answer")
         err(f"kronk: serving {names} at {url} (Ctrl-C or `kronk server stop` to stop)")
         print(url, flush=True)
         while True:
@@ -186,10 +99,9 @@ def run_server(settings: Settings, url: str, start_timeout: float, detached: boo
         state["stopping"] = True
         state["raise"] = False
         try:
-            _shutdown(local, started)
+            if launch is not None:
+                launch.stop()
         finally:
-            if keeper is not None:
-                keeper.close()
             procs.clear_info(settings.home, os.getpid())
         err("kronk: stopped")
     return code

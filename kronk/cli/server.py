@@ -157,9 +157,9 @@ def start(ctx: click.Context, config: Path | None, model: tuple[str, ...], detac
     if settings.address:
         _check_address(settings.address)
     if settings.http_front == "replica":
-        from deployments.app import replica_front_problem
+        from deployments.launch import check
 
-        if why := replica_front_problem(settings, local=not settings.address):
+        if why := check(settings):
             fail(f"--http-front replica {why}; use --http-front proxy")
     running = procs.read_info(settings.home)
     if running and running["pid"] != os.getpid():

@@ -2,51 +2,79 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
-from kronk.settings import FlashAttn, KVCacheType, ModelConfig
+from kronk.settings import CatalogDefaults, FlashAttn, KVCacheType, ModelConfig, Settings
+
+
+def _server(name: str, **kw: Any) -> Any:
+    """A field whose default is the server setting's own (Settings is the one source of defaults)."""
+    info = Settings.model_fields[name]
+    kw.setdefault("description", info.description)
+    return Field(default=info.get_default(call_default_factory=True), **kw)
 
 
 class EngineConfig(BaseModel):
+    """Every user-facing field has the Settings default (the engine built without settings behaves as a
+    server with its defaults); prefill_chunk, swa_full and embedding_ctx are the engine's own knobs."""
+
     model_config = ConfigDict(extra="forbid")
 
     model_path: str = Field(description="Path of the GGUF file (first part of a split GGUF).")
     name: str = Field(default="model", description="The model id clients use.")
-    parallel: int = Field(default=4, ge=1, le=256, description="Sequence slots.")
-    ctx_size: int = Field(default=8192, ge=64, description="Context length of one slot.")
-    cache_type_k: KVCacheType = "f16"
-    cache_type_v: KVCacheType = "f16"
-    flash_attn: FlashAttn = "auto"
-    gpu_layers: int = Field(default=0, description="Layers on the GPU (-1: all; ignored without a GPU build).")
-    main_gpu: int = 0
-    tensor_split: list[float] | None = None
-    threads: int | None = Field(default=None, ge=1, description="Decode threads (default: physical cores).")
-    threads_batch: int | None = Field(default=None, ge=1)
-    batch_size: int = Field(default=512, ge=16, description="Max tokens in one llama_decode.")
+    parallel: int = _server("parallel", ge=1, le=256)
+    ctx_size: int = _server("ctx_size", ge=64, description="Context length of one slot (at most the GGUF's "
+                            "trained context: the engine caps it).")
+    cache_type_k: KVCacheType = _server("kv_cache_type", description="K cache type.")
+    cache_type_v: KVCacheType = _server("kv_cache_type", description="V cache type.")
+    flash_attn: FlashAttn = _server("flash_attn")
+    gpu_layers: int = _server("gpu_layers", description="Layers on the GPU (-1: all; ignored without a GPU build).")
+    main_gpu: int = _server("main_gpu", ge=0)
+    tensor_split: list[float] | None = _server("tensor_split")
+    threads: int | None = _server("threads", ge=1, description="Decode threads (None: physical cores).")
+    threads_batch: int | None = _server("threads_batch", ge=1, description="Prompt threads (None: threads).")
+    batch_size: int = _server("batch_size", ge=16, description="Max tokens in one llama_decode.")
     prefill_chunk: int = Field(
         default=256, ge=16,
         description="Max prompt tokens per step while other sequences are generating (bounds their stall).",
     )
     embedding: bool | None = Field(default=None, description="Embedding model (None: from the GGUF).")
-    chat_template: str | None = Field(default=None, description="Built-in template name or Jinja source.")
+    chat_template: str | None = Field(default=None, description="Built-in template name or Jinja source "
+                                      "(None: the GGUF's).")
     swa_full: bool = Field(default=True, description="Full-size sliding-window cache (keeps prefix reuse).")
-    batch_invariant: bool = Field(
-        default=True,
+    batch_invariant: bool = _server(
+        "batch_invariant",
         description="Outputs independent of what else is batched (no CPU weight repacking). Off: repacked "
         "weights, somewhat faster on some CPUs, temperature-0 output may vary with load.",
     )
     embedding_ctx: int = Field(default=8192, ge=64, description="Context of the embeddings context.")
+    llama_log: bool = _server("llama_log")
 
     @classmethod
-    def from_model(cls, m: ModelConfig, model_path: str, chat_template: str | None = None) -> EngineConfig:
-        """From a resolved ModelConfig (Settings.resolved_model) and the GGUF path."""
-        return cls(
-            model_path=model_path, name=m.name, parallel=m.parallel or 4, ctx_size=m.ctx_size or 8192,
-            cache_type_k=m.cache_type_k or m.kv_cache_type or "f16",
-            cache_type_v=m.cache_type_v or m.kv_cache_type or "f16",
-            flash_attn=m.flash_attn or "auto", gpu_layers=m.gpu_layers if m.gpu_layers is not None else 0,
-            main_gpu=m.main_gpu or 0, tensor_split=m.tensor_split, threads=m.threads,
-            threads_batch=m.threads_batch, batch_size=m.batch_size or 512, embedding=m.embedding,
-            chat_template=m.chat_template or chat_template,
-            batch_invariant=m.batch_invariant if m.batch_invariant is not None else True,
-        )
+    def from_model(cls, m: ModelConfig, model_path: str | Path, chat_template: str | None = None,
+                   llama_log: bool = False) -> EngineConfig:
+        """From a resolved ModelConfig (Settings.resolved_model) and the GGUF path: its values as they are.
+
+        ``chat_template`` is used only when the model has none (prefer passing the manifest to
+        ``resolved_model``, or :func:`engine_config`). An unresolved model fails validation here."""
+        data = {f: getattr(m, f) for f in _MODEL_FIELDS}
+        if data["chat_template"] is None:
+            data["chat_template"] = chat_template
+        return cls(model_path=str(model_path), llama_log=llama_log, **data)
+
+
+# What an EngineConfig takes from a (resolved) ModelConfig: every field the two share by name.
+_MODEL_FIELDS = tuple(f for f in EngineConfig.model_fields if f in ModelConfig.model_fields)
+
+
+def engine_config(settings: Settings, model: ModelConfig | str, model_path: str | Path,
+                  manifest: CatalogDefaults | None = None) -> EngineConfig:
+    """The engine config of one served model, resolved once: the model's own fields (``model``: its config as
+    the user wrote it, unresolved, or its name) win; where it sets none, the catalog's values from the
+    store's ``manifest`` (``context_length`` within the server's ``ctx_size``, the recommended
+    ``kv_cache_type``, ``chat_template``), then the server's settings. See ``Settings.resolved_model``."""
+    resolved = settings.resolved_model(model, catalog=manifest)
+    return EngineConfig.from_model(resolved, model_path, llama_log=settings.llama_log)

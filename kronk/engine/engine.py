@@ -47,7 +47,7 @@ class LlamaEngine(Engine):
         self.name = cfg.name
         type_k, type_v, flash = resolve_kv_types(cfg.cache_type_k, cfg.cache_type_v, cfg.flash_attn)
         self.model = LlamaModel(cfg.model_path, cfg.gpu_layers, cfg.main_gpu, cfg.tensor_split,
-                                repack=not cfg.batch_invariant)
+                                repack=not cfg.batch_invariant, llama_log=cfg.llama_log)
         self.threads = cfg.threads or physical_cores()
         self.embedding_only = cfg.embedding if cfg.embedding is not None else self.model.is_embedding_model
         src = cfg.chat_template or self.model.chat_template
@@ -120,24 +120,16 @@ class LlamaEngine(Engine):
         self._submit(job)
         done = False
         try:
-            while True:
-                items = [await job.queue.get()]
-                while not job.queue.empty():
-                    items.append(job.queue.get_nowait())
-                chunk = GenerationChunk()
-                for it in items:
-                    if isinstance(it, BaseException):
-                        done = True
-                        raise it
-                    chunk.text += it.text
-                    chunk.token_ids.extend(it.token_ids)
-                    if it.finish_reason:
-                        chunk.finish_reason, chunk.usage, chunk.timings = it.finish_reason, it.usage, it.timings
-                if chunk.finish_reason:
+            while True:  # one chunk per decode step (Job.flush); the consumer coalesces if it lags
+                item = await job.queue.get()
+                if isinstance(item, BaseException):
                     done = True
-                    yield chunk
+                    raise item
+                if item.finish_reason:
+                    done = True
+                    yield item
                     return
-                yield chunk
+                yield item
         finally:
             if not done:
                 job.cancelled = True
@@ -180,13 +172,10 @@ class LlamaEngine(Engine):
     def _make_job(self, request: GenerationRequest) -> Job:
         if self.embedding_only:
             raise Unsupported(f"model {self.name} is an embedding model; use /v1/embeddings", param="model")
-        if isinstance(request.prompt, str):
-            prompt = self.model.tokenize(request.prompt, request.add_special, request.parse_special)
-        else:
-            prompt = list(request.prompt)
-            bad = [t for t in prompt if not 0 <= t < self.model.n_vocab]
-            if bad:
-                raise InvalidRequest(f"prompt token id {bad[0]} is outside the vocabulary", param="prompt")
+        prompt = list(request.prompt)  # token ids: the caller rendered and tokenized the prompt once
+        bad = [t for t in prompt if not 0 <= t < self.model.n_vocab]
+        if bad:
+            raise InvalidRequest(f"prompt token id {bad[0]} is outside the vocabulary", param="prompt")
         if not prompt:
             raise InvalidRequest("the prompt is empty", param="prompt")
         if len(prompt) >= self.n_ctx_slot:
@@ -354,7 +343,8 @@ class LlamaEngine(Engine):
             self._finish(s, "stop", tail=True)
             return
         job.out_tokens.append(tok)
-        text = job.decoder.feed(self.model.piece(tok))
+        piece = self.model.piece(tok)
+        text = job.decoder.feed(piece)
         if job.stopper is not None:
             text, hit = job.stopper.feed(text)
             if hit:
@@ -362,7 +352,12 @@ class LlamaEngine(Engine):
                 self._finish(s, "stop", tail=False)
                 return
         job.out_text.append(text)
-        if (req.max_tokens is not None and job.n_gen >= req.max_tokens) or s.n_past + 1 >= self.n_ctx_slot:
+        if job.guard is not None and job.guard.feed(tok, piece.isspace()):
+            # a loop (a grammar keeps a small model from ending in many ways): end it, as if a limit was hit
+            log.info("repetition guard ended %s after %d tokens: %s", req.request_id or "a request", job.n_gen,
+                     job.guard.reason)
+            self._finish(s, "length", tail=True)
+        elif (req.max_tokens is not None and job.n_gen >= req.max_tokens) or s.n_past + 1 >= self.n_ctx_slot:
             self._finish(s, "length", tail=True)
         else:
             s.next_token = tok

@@ -16,30 +16,41 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 
 
-def init_backend() -> None:
+def init_backend(llama_log: bool = False) -> None:
+    """Start llama.cpp's backend (once per process). ``llama_log`` (the ``llama_log`` setting): show
+    llama.cpp's own log; otherwise it goes nowhere. The latest call decides for the whole process."""
     global _backend_ready
     with _backend_lock:
         if not _backend_ready:
             llama_cpp.llama_backend_init()
-            _quiet_logs()
             _backend_ready = True
+        _set_logs(llama_log)
 
 
 _log_cb = None
+_logs_quiet = False
 
 
-def _quiet_logs() -> None:
-    """Send llama.cpp's chatter to nowhere unless KRONK_LLAMA_LOG=1."""
-    global _log_cb
-    if os.environ.get("KRONK_LLAMA_LOG") == "1":
+def _set_logs(llama_log: bool) -> None:
+    """Send llama.cpp's chatter to nowhere unless ``llama_log``; turning it back on restores
+    llama-cpp-python's own logger (stderr)."""
+    global _log_cb, _logs_quiet
+    if llama_log == (not _logs_quiet):
         return
+    if llama_log:
+        from llama_cpp import _logger
 
-    @llama_cpp.llama_log_callback
-    def _cb(level, text, user_data):  # pragma: no cover - C callback
-        return None
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+        _logs_quiet = False
+        return
+    if _log_cb is None:
+        @llama_cpp.llama_log_callback
+        def _cb(level, text, user_data):  # pragma: no cover - C callback
+            return None
 
-    _log_cb = _cb
+        _log_cb = _cb
     llama_cpp.llama_log_set(_log_cb, ctypes.c_void_p(0))
+    _logs_quiet = True
 
 
 def physical_cores() -> int:
@@ -66,8 +77,8 @@ def physical_cores() -> int:
 class LlamaModel:
     def __init__(self, path: str | Path, gpu_layers: int = 0, main_gpu: int = 0,
                  tensor_split: list[float] | None = None, vocab_only: bool = False,
-                 repack: bool = False):
-        init_backend()
+                 repack: bool = False, llama_log: bool = False):
+        init_backend(llama_log)
         path = Path(path)
         if not path.is_file():
             raise EngineError(f"model file not found: {path}")

@@ -9,8 +9,9 @@
   stop string; ``"length"``: ``max_tokens`` reached or the slot's context is full;
   ``"cancelled"`` is never yielded: a consumer that stops iterating cancels) and
   ``usage`` filled in;
-* errors in the request (a prompt longer than the context, a bad grammar) are
-  raised as :class:`kronk.errors.KronkError` subclasses before the first chunk;
+* errors in the request (a prompt longer than the context, a token outside the
+  vocabulary, a bad grammar) are raised as :class:`kronk.errors.KronkError`
+  subclasses before the first chunk;
   an engine failure mid-stream is raised from the iterator.
 
 Chunks are small dataclasses so they pickle cheaply across a Ray handle.
@@ -47,9 +48,9 @@ class SamplingParams:
 
 @dataclass
 class GenerationRequest:
-    """One generation. ``prompt`` is text (tokenized with the model's BOS rules) or token ids."""
+    """One generation over a prompt of token ids (rendered and tokenized once, by the caller)."""
 
-    prompt: str | list[int]
+    prompt: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int | None = None  # None: until the slot's context is full
     min_tokens: int = 0
@@ -57,8 +58,13 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     request_id: str = ""
-    add_special: bool = True  # prepend BOS for text prompts when the model wants one
-    parse_special: bool = True  # read special-token markup in text prompts
+    # End a generation that degenerates into a loop (kronk/engine/repetition.py) with finish_reason
+    # "length". None: on when sampling.grammar is set (JSON mode, schemas, forced tool calls).
+    repetition_guard: bool | None = None
+
+    @property
+    def guarded(self) -> bool:
+        return self.sampling.grammar is not None if self.repetition_guard is None else self.repetition_guard
 
 
 @dataclass

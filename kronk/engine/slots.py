@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from kronk.engine.protocol import GenerationChunk, GenerationRequest, Timings, Usage
+from kronk.engine.repetition import RepetitionGuard
 from kronk.engine.sampling import SamplerChain
 from kronk.engine.text import StopMatcher, Utf8Decoder
 
@@ -39,6 +40,12 @@ class Job:
     first_token: float = 0.0
     out_text: list[str] = field(default_factory=list)
     out_tokens: list[int] = field(default_factory=list)
+    # fed each sampled token when the request is guarded (GenerationRequest.guarded)
+    guard: RepetitionGuard | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.request.guarded:
+            self.guard = RepetitionGuard()
 
     def push(self, chunk: GenerationChunk | BaseException) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, chunk)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import secrets
 import string
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 
@@ -15,20 +17,25 @@ def new_call_id() -> str:
     return "call_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))
 
 
-@dataclass(slots=True)
-class FunctionCall:
-    name: str
-    arguments: str  # always JSON text of an object
+class FunctionCall(BaseModel):
+    """A function call: what a parser read from the model's output (``arguments`` is then always JSON text of an
+    object), or what a client sends back in an assistant message (JSON text, or an object)."""
 
-    def to_dict(self) -> dict[str, str]:
+    model_config = ConfigDict(extra="allow")
+    name: str
+    arguments: str | dict[str, Any] = ""
+
+    def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "arguments": self.arguments}
 
 
-@dataclass(slots=True)
-class ToolCall:
+class ToolCall(BaseModel):
+    """One tool call, in OpenAI's shape; the one definition for requests and parsed outputs."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str | None = None  # parsers always set one (new_call_id); a client may leave it out
+    type: Literal["function"] = "function"
     function: FunctionCall
-    id: str = field(default_factory=new_call_id)
-    type: str = "function"
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "type": self.type, "function": self.function.to_dict()}
@@ -106,7 +113,7 @@ def collect(events: list[StreamEvent]) -> ParsedOutput:
             tc = ev.tool_call
             fn = tc.get("function", {})
             if "id" in tc:
-                calls[tc["index"]] = ToolCall(FunctionCall(fn.get("name", ""), ""), id=tc["id"])
+                calls[tc["index"]] = ToolCall(function=FunctionCall(name=fn.get("name", "")), id=tc["id"])
             calls[tc["index"]].function.arguments += fn.get("arguments", "")
     tool_calls = [calls[i] for i in sorted(calls)]
     text = "".join(content)

@@ -12,20 +12,13 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kronk.api.errors import envelope
+from kronk.errors import Unauthorized
 
 LOCAL_HOSTS = {"127.0.0.1", "::1", "localhost"}
 OPEN_PATHS = {"/health"}
-
-_process_keys: list[str] = []
-
-
-def set_process_api_keys(keys: Iterable[str]) -> None:
-    """The keys for apps in this process (Serve copies the app into its replica, so they are set there)."""
-    _process_keys[:] = [k for k in keys if k]
-
 
 def _presented(scope: Scope) -> str | None:
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -36,12 +29,12 @@ def _presented(scope: Scope) -> str | None:
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app: ASGIApp, keys: Iterable[str] | None = None):
+    def __init__(self, app: ASGIApp, keys: Iterable[str] = ()):
         self.app = app
-        self.keys = list(keys) if keys is not None else None
+        self.keys = [k for k in keys if k]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        keys = self.keys if self.keys is not None else _process_keys
+        keys = self.keys
         if scope["type"] != "http" or not keys or scope.get("path") in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
@@ -53,8 +46,9 @@ class ApiKeyMiddleware:
         if got is None or not any(hmac.compare_digest(got, k) for k in keys):
             msg = ("An API key is required: send 'Authorization: Bearer <key>'." if got is None
                    else "The API key is not valid.")
-            resp = envelope(401, msg, "authentication_error", None, "invalid_api_key",
-                            headers={"WWW-Authenticate": "Bearer"})
+            err = Unauthorized(msg)
+            resp = JSONResponse({"error": err.to_dict()}, status_code=err.kind.status,
+                                headers={"WWW-Authenticate": "Bearer"})
             await resp(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -13,19 +13,19 @@ from kronk.catalog import Catalog
 from kronk.settings import Settings
 from kronk.store import ModelNotFound, ModelStore, PullJobManager, parse_ref
 from kronk.telemetry import tracing
-from kronk.telemetry.board import start_publisher_in_actor
 from kronk.telemetry.metrics import Recorder
 
 
 class ModelManager:
     def __init__(self, settings_args: dict[str, Any] | None = None):
-        self.settings = Settings(**(settings_args or {}))
+        """``settings_args``: ``Settings.to_args()`` of settings resolved where the server started (this
+        process reads no ``KRONK_*`` variable and no config file of its own)."""
+        self.settings = Settings.from_resolved(settings_args or {})
         self.catalog_ = Catalog.load(self.settings)
         self.store = ModelStore(self.settings, catalog=self.catalog_)
         tracing.setup("kronk")
         self.recorder = Recorder("manager", "model-manager")
         self.jobs_ = PullJobManager(store=self.store, recorder=self.recorder)
-        self._publisher = start_publisher_in_actor(self.recorder)
 
     def ready(self) -> bool:
         return True

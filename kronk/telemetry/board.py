@@ -8,10 +8,12 @@ and ``/v1/stats`` read the board (plus the asking ingress's own, fresh snapshot)
 A replica that stops removes its entry; one that dies disappears after ``ttl_s``
 without a push.
 
-The board is a namespace of Ray's GCS key-value store (:class:`GcsKV`), not an
-actor of its own: an extra Ray actor process wakes ~100 times a second even when
-idle, and on a small machine every such wake-up is taken from llama.cpp's
-threads (measured in benchmarks/README.md). Tests use :class:`MemoryKV`.
+The board keeps its entries in any :class:`KV`. In Ray it is a namespace of
+Ray's GCS key-value store (``deployments/board.py``, which also starts the
+publishers of replicas and actors), not an actor of its own: an extra Ray actor
+process wakes ~100 times a second even when idle, and on a small machine every
+such wake-up is taken from llama.cpp's threads (measured in
+benchmarks/README.md). Tests use :class:`MemoryKV`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from typing import Any, Protocol
 
 log = logging.getLogger("kronk.telemetry")
 
-NAMESPACE = "kronk-stats"  # the GCS key-value namespace of the board
 PUSH_INTERVAL_S = 2.0  # gauges (KV cells, active, waiting) are sampled this often
 MIN_GAP_S = 0.05  # at most this often after request ends
 TTL_S = 30.0
@@ -57,28 +58,6 @@ class MemoryKV:
 
     def list_keys(self) -> list[str]:
         return list(self._d)
-
-
-class GcsKV:
-    """Ray's GCS key-value store, one namespace (needs Ray initialised; every call is a GCS round trip)."""
-
-    def __init__(self, namespace: str = NAMESPACE):
-        from ray.experimental import internal_kv
-
-        self._kv = internal_kv
-        self.namespace = namespace
-
-    def put(self, key: str, value: bytes) -> None:
-        self._kv._internal_kv_put(key, value, overwrite=True, namespace=self.namespace)
-
-    def get(self, key: str) -> bytes | None:
-        return self._kv._internal_kv_get(key, namespace=self.namespace)
-
-    def delete(self, key: str) -> None:
-        self._kv._internal_kv_del(key, namespace=self.namespace)
-
-    def list_keys(self) -> list[str]:
-        return [k.decode() for k in self._kv._internal_kv_list("", namespace=self.namespace)]
 
 
 class StatsBoard:
@@ -115,11 +94,6 @@ class StatsBoard:
         return out
 
 
-def get_board() -> StatsBoard:
-    """The cluster's board (needs Ray initialised)."""
-    return StatsBoard(GcsKV())
-
-
 def snapshot_key(snapshot: dict[str, Any]) -> str:
     return f"{snapshot['component']}:{snapshot['replica']}"
 
@@ -128,11 +102,11 @@ class Publisher:
     """A daemon thread that pushes ``snapshot()`` to the board every ``interval_s`` and soon after ``poke()``."""
 
     def __init__(self, snapshot: Callable[[], dict[str, Any]], sample: Callable[[], None] | None = None,
-                 interval_s: float = PUSH_INTERVAL_S, board: StatsBoard | None = None):
+                 interval_s: float = PUSH_INTERVAL_S, *, board: StatsBoard):
         self._snapshot = snapshot
         self._sample = sample
         self.interval_s = interval_s
-        self._board = board if board is not None else get_board()
+        self._board = board
         self._key: str | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -178,17 +152,3 @@ class Publisher:
             except Exception:
                 pass
 
-
-def start_publisher_in_actor(recorder: Any, sample: Callable[[], None] | None = None) -> Publisher | None:
-    """A Publisher for ``recorder`` when this process is a Ray actor (a replica, the model manager)."""
-    from kronk.telemetry.metrics import in_ray
-
-    if not in_ray():
-        return None
-    import ray
-
-    if ray.get_runtime_context().get_actor_id() is None:
-        return None
-    pub = Publisher(recorder.snapshot, sample)
-    recorder.on_change = pub.poke  # push soon after each request (or pull) ends
-    return pub

@@ -6,7 +6,7 @@ token: the replica's ``kronk.generate`` span starts with the request, and at the
 end :meth:`GenerationObserver.done` records the metrics and creates the phase
 spans after the fact, with start and end times computed from those durations::
 
-    kronk.generate                  (child of the ingress's HTTP span, via ctx["traceparent"])
+    kronk.generate                  (child of the route's HTTP span, via the call's traceparent)
     ├── kronk.first_token           submitted -> first token (TTFT)
     │   ├── kronk.queue_wait        submitted -> slot assigned
     │   └── kronk.prefill           slot assigned -> first token (prompt, reused tokens)
@@ -16,7 +16,6 @@ spans after the fact, with start and end times computed from those durations::
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from kronk.telemetry import tracing
@@ -24,15 +23,18 @@ from kronk.telemetry.metrics import GenerationNumbers, Recorder
 
 
 class GenerationObserver:
-    def __init__(self, recorder: Recorder | None, model: str, kind: str, ctx: Mapping[str, Any] | None = None):
+    def __init__(self, recorder: Recorder | None, model: str, kind: str, ctx: Any = None):
+        """``ctx``: the call's RequestContext (its ``request_id`` and ``traceparent``), or None."""
         self.recorder = recorder
         self.model = model
         self.kind = kind
-        self.request_id = (ctx or {}).get("request_id")
+        self.request_id = getattr(ctx, "request_id", None)
+        traceparent = getattr(ctx, "traceparent", None)
         self.numbers: GenerationNumbers | None = None
         self.span = None
         if tracing.enabled():
-            self.span = tracing.start_span("kronk.generate", ctx, kind="server", attributes={
+            self.span = tracing.start_span("kronk.generate", {"traceparent": traceparent} if traceparent else None,
+                                           kind="server", attributes={
                 "kronk.model": model, "kronk.endpoint": kind, "kronk.request_id": self.request_id,
                 "kronk.replica": recorder.replica if recorder else None, "gen_ai.request.model": model})
 

@@ -1,23 +1,24 @@
-"""Recording: one call updates this process's :class:`MetricStore` and, inside Ray, Ray's metric.
+"""Recording: one call updates this process's :class:`MetricStore` and the process's metrics sink, if any.
 
 Code that knows a number calls a :class:`Recorder` (``on_generation``,
-``on_http_request``, ``on_engine_stats``, ``on_pull``) without caring whether Ray
-is there: Ray metrics (``ray.util.metrics``, exported by Ray's Prometheus
-endpoint as ``ray_<name>``) are created lazily, once per process, and only when
-the process runs inside Ray. Every series carries ``model`` and ``replica``.
-Recording happens once per request (or per sample), never per token.
+``on_http_request``, ``on_engine_stats``, ``on_pull``) without caring where it
+runs. Every value lands in the recorder's own store (what ``/metrics`` and
+``/v1/stats`` read) and in the process's :class:`MetricsSink` when one is
+installed (:func:`set_metrics_sink`): inside Ray, deployments/metrics.py
+installs Ray's metrics (``ray.util.metrics``, exported by Ray's Prometheus
+endpoint as ``ray_<name>``) when a replica or actor starts; elsewhere there is
+none. Every series carries ``model`` and ``replica``. Recording happens once per
+request (or per sample), never per token.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from kronk.telemetry import specs
 from kronk.telemetry.buckets import context_bucket
@@ -26,36 +27,28 @@ from kronk.telemetry.stats import LabelKey, MetricStore
 
 log = logging.getLogger("kronk.telemetry")
 
-_ray_metrics: dict[str, Any] = {}
-_ray_lock = threading.Lock()
+Method = Literal["inc", "set", "observe"]
 
 
-def in_ray() -> bool:
-    """True inside a Ray worker or driver (without importing Ray when it is not loaded)."""
-    ray = sys.modules.get("ray")
-    try:
-        return ray is not None and bool(ray.is_initialized())
-    except Exception:
-        return False
+class MetricsSink(Protocol):
+    """Where a process's recorders also send every value (e.g. Ray's metrics, deployments/metrics.py)."""
+
+    def record(self, spec: Spec, method: Method, value: float, tags: dict[str, str]) -> None:
+        """Add ``value`` to (``inc``), set (``set``) or observe it in (``observe``) the metric of ``spec``."""
 
 
-def _ray_metric(spec: Spec) -> Any:
-    m = _ray_metrics.get(spec.name)
-    if m is not None:
-        return m
-    with _ray_lock:
-        if spec.name not in _ray_metrics:
-            from ray.util import metrics as rm
+_sink: MetricsSink | None = None
 
-            if spec.kind == "counter":
-                m = rm.Counter(spec.name, description=spec.help, tag_keys=spec.labels)
-            elif spec.kind == "gauge":
-                m = rm.Gauge(spec.name, description=spec.help, tag_keys=spec.labels)
-            else:
-                m = rm.Histogram(spec.name, description=spec.help, boundaries=list(spec.bounds),
-                                 tag_keys=spec.labels)
-            _ray_metrics[spec.name] = m
-        return _ray_metrics[spec.name]
+
+def set_metrics_sink(sink: MetricsSink | None) -> None:
+    """Install this process's metrics sink (None: none); recorders use it from their next value on."""
+    global _sink
+    _sink = sink
+
+
+def metrics_sink() -> MetricsSink | None:
+    """This process's metrics sink (None when none is installed)."""
+    return _sink
 
 
 @dataclass
@@ -98,12 +91,15 @@ class GenerationNumbers:
 class Recorder:
     """One process's (one replica's) metrics; ``snapshot()`` is what ``/metrics`` and ``/v1/stats`` read."""
 
-    def __init__(self, component: str, replica: str, model: str | None = None, use_ray: bool | None = None):
+    def __init__(self, component: str, replica: str, model: str | None = None, use_sink: bool = True, *,
+                 use_ray: bool | None = None):
+        """``use_sink`` False: only this recorder's store, never the process's metrics sink (``use_ray`` is its
+        old name)."""
         self.component = component
         self.replica = replica
         self.model = model
         self.store = MetricStore()
-        self.use_ray = in_ray() if use_ray is None else use_ray
+        self.use_sink = use_sink if use_ray is None else use_ray
         self.engine: dict[str, Any] | None = None
         self.on_change: Callable[[], None] | None = None  # e.g. a Publisher's poke()
 
@@ -114,32 +110,33 @@ class Recorder:
         tags = {k: tags.get(k, "") for k in spec.labels}
         return tuple(tags.items()), tags
 
-    def _ray(self, spec: Spec, method: str, value: float, tags: dict[str, str]) -> None:
-        if not self.use_ray:
+    def _forward(self, spec: Spec, method: Method, value: float, tags: dict[str, str]) -> None:
+        sink = _sink
+        if sink is None or not self.use_sink:
             return
         try:
-            getattr(_ray_metric(spec), method)(value, tags=tags)
+            sink.record(spec, method, value, tags)
         except Exception:  # metrics must never break serving
-            log.warning("recording %s in Ray failed; Ray metrics are off for this recorder", spec.name,
+            log.warning("recording %s in the metrics sink failed; it is off for this recorder", spec.name,
                         exc_info=True)
-            self.use_ray = False
+            self.use_sink = False
 
     def inc(self, spec: Spec, value: float = 1.0, **labels: Any) -> None:
         if value <= 0:
             return
         key, tags = self._key(spec, labels)
         self.store.inc(spec.name, key, value)
-        self._ray(spec, "inc", value, tags)
+        self._forward(spec, "inc", value, tags)
 
     def set(self, spec: Spec, value: float, **labels: Any) -> None:
         key, tags = self._key(spec, labels)
         self.store.set(spec.name, key, value)
-        self._ray(spec, "set", value, tags)
+        self._forward(spec, "set", value, tags)
 
     def observe(self, spec: Spec, value: float, **labels: Any) -> None:
         key, tags = self._key(spec, labels)
         self.store.observe(spec.name, key, value, spec.bounds)
-        self._ray(spec, "observe", value, tags)
+        self._forward(spec, "observe", value, tags)
 
     def changed(self) -> None:
         if self.on_change is not None:

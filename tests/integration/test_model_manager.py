@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import ray
 
+from deployments.board import get_board
 from deployments.model_manager import ACTOR_NAME, NAMESPACE, get_or_create_model_manager
 from kronk.settings import Settings
 from kronk.store import ModelNotFound
-from kronk.telemetry.board import get_board
 from tests.hubserver import HubServer, make_gguf
 from tests.processes import processes_named, thread_nices
 from tests.waiting import until

@@ -5,7 +5,7 @@ import pytest
 from deployments.app import build_app
 from deployments.llm import LlamaReplica, deployment_name, deployment_options
 from deployments.server import HTTP_HEADROOM, LlamaServerReplica
-from kronk.settings import ModelConfig, load_settings
+from kronk.settings import ModelConfig, Settings, load_settings
 
 
 def graph(args):
@@ -67,7 +67,8 @@ def test_autoscaling_and_fixed_replicas():
 
 
 def test_custom_resources_pin_replicas_to_nodes():
-    opts = deployment_options(ModelConfig(name="m", resources={"gpu_node": 0.1}, num_cpus=0.5))
+    settings = Settings(models=[ModelConfig(name="m", resources={"gpu_node": 0.1}, num_cpus=0.5)])
+    opts = deployment_options(settings.resolved_model("m"))
     assert opts["ray_actor_options"] == {"num_cpus": 0.5, "resources": {"gpu_node": 0.1}}
 
 

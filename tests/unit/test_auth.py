@@ -4,13 +4,13 @@ import httpx
 import pytest
 
 from kronk.api.app import create_app
-from kronk.api.backend import LocalBackend
+from kronk.serving.local import LocalBackend
 from kronk.settings import load_settings
 
 
 @pytest.fixture
 def app(tmp_path):
-    return create_app(LocalBackend({}, settings=load_settings({"home": str(tmp_path)})), api_keys=["s3cret"])
+    return create_app(LocalBackend.of_services({}, load_settings({"home": str(tmp_path)})), api_keys=["s3cret"])
 
 
 async def get(app, path, client_host, headers=None):
@@ -43,5 +43,5 @@ async def test_loopback_and_health_need_no_key(app):
 
 
 async def test_no_keys_configured_means_open(tmp_path):
-    open_app = create_app(LocalBackend({}, settings=load_settings({"home": str(tmp_path)})), api_keys=[])
+    open_app = create_app(LocalBackend.of_services({}, load_settings({"home": str(tmp_path)})), api_keys=[])
     assert (await get(open_app, "/v1/models", "10.0.0.7")).status_code == 200

@@ -28,8 +28,10 @@ def engine():
 
 
 async def run(engine, prompt, **kw):
+    """Generate from a text prompt (tokenized here, as the API layer does) or from token ids."""
     sampling = kw.pop("sampling", SamplingParams(temperature=0.0))
-    req = GenerationRequest(prompt=prompt, sampling=sampling, **kw)
+    tokens = engine.tokenize(prompt) if isinstance(prompt, str) else prompt
+    req = GenerationRequest(prompt=tokens, sampling=sampling, **kw)
     text, tokens, last, chunks = "", [], None, []
     async for c in engine.generate(req):
         text += c.text
@@ -79,7 +81,8 @@ async def test_stop_string_split_across_tokens(engine):
 
 
 async def test_cancellation_frees_the_slot(engine):
-    gen = engine.generate(GenerationRequest(prompt="Write a very long story:", sampling=SamplingParams(temperature=0)))
+    gen = engine.generate(GenerationRequest(prompt=engine.tokenize("Write a very long story:"),
+                                            sampling=SamplingParams(temperature=0)))
     got = 0
     async for _ in gen:
         got += 1
@@ -245,3 +248,44 @@ async def test_logit_bias_banning_every_grammar_token_ends_the_request(engine):
                                                               logit_bias=digits))
     assert last.finish_reason == "stop" and tokens == []
     assert (await run(engine, "still alive", max_tokens=2))[2].usage.completion_tokens == 2
+
+
+def single_token(engine, text):
+    tokens = engine.tokenize(text, False, False)
+    assert len(tokens) == 1, tokens
+    return tokens[0]
+
+
+async def test_json_mode_loop_is_ended_by_the_repetition_guard(engine):
+    # Force a loop on any CPU: a huge bias on "a" makes greedy JSON mode write {"aaaa... forever inside
+    # one string (the grammar never lets it close the string for it), with no token limit.
+    prompt = 'Cat: {"name": "Tom", "age": 3}\nDog:'
+    text, tokens, last, _ = await run(engine, prompt, sampling=SamplingParams(
+        temperature=0, grammar=json_object_grammar(), logit_bias={single_token(engine, "a"): 100.0}))
+    assert text.startswith('{"') and text.endswith("a" * 60), text
+    assert last.finish_reason == "length"
+    # a cycle of one token trips after 64 of them: far below the 1024-token slot it would fill
+    assert 64 <= last.usage.completion_tokens == len(tokens) < 100 < engine.n_ctx_slot
+    assert await wait_idle(engine)
+
+
+async def test_a_run_of_blanks_in_json_mode_is_ended(engine):
+    prompt = 'Cat: {"name": "Tom", "age": 3}\nDog:'
+    text, tokens, last, _ = await run(engine, prompt, sampling=SamplingParams(
+        temperature=0, grammar=json_object_grammar(), logit_bias={single_token(engine, " "): 100.0}))
+    assert last.finish_reason == "length"
+    assert text.endswith(" " * 32) and 32 <= len(tokens) < 64  # the whitespace cap, before the cycle span
+
+
+async def test_repetition_guard_can_be_turned_off_or_on_for_any_request(engine):
+    prompt = 'Cat: {"name": "Tom", "age": 3}\nDog:'
+    bias = {single_token(engine, "a"): 100.0}
+    # off: the same forced loop as above runs on to its token limit
+    _, tokens, last, _ = await run(engine, prompt, max_tokens=100, repetition_guard=False,
+                                   sampling=SamplingParams(temperature=0, grammar=json_object_grammar(),
+                                                           logit_bias=bias))
+    assert last.finish_reason == "length" and len(tokens) == 100
+    # on without a grammar (the API layer may guard every request)
+    text, tokens, last, _ = await run(engine, prompt, repetition_guard=True,
+                                      sampling=SamplingParams(temperature=0, logit_bias=bias))
+    assert last.finish_reason == "length" and len(tokens) == 64 and text == "a" * 64

@@ -8,12 +8,18 @@ import pytest
 from fastapi.testclient import TestClient
 
 from kronk.api.app import create_app
-from kronk.api.backend import LocalBackend
 from kronk.engine.protocol import EngineStats, Timings, Usage
+from kronk.serving.local import LocalBackend
+from kronk.settings import Settings
 from kronk.telemetry import prometheus, specs
 from kronk.telemetry.board import MemoryKV, Publisher, StatsBoard, snapshot_key
 from kronk.telemetry.buckets import BUCKET_LABELS, context_bucket
-from kronk.telemetry.metrics import GenerationNumbers, Recorder, process_recorder, set_process_recorder
+from kronk.telemetry.metrics import (
+    GenerationNumbers,
+    Recorder,
+    metrics_sink,
+    set_metrics_sink,
+)
 from kronk.telemetry.stats import Histogram, summarize
 from tests.waiting import until
 
@@ -66,7 +72,7 @@ def engine_stats(used: int, active: int = 0) -> EngineStats:
 
 
 def replica(tag: str, gens: list[tuple[int, int, int, float, int]]) -> Recorder:
-    rec = Recorder("llm", tag, model="m", use_ray=False)
+    rec = Recorder("llm", tag, model="m", use_sink=False)
     for prompt, cached, completion, decode_s, ctx in gens:
         rec.on_generation(Usage(prompt, completion, cached), Timings(0.001, 0.05, 0.06, decode_s, ctx))
     rec.on_engine_stats(engine_stats(used=100 * len(gens), active=1))
@@ -76,12 +82,12 @@ def replica(tag: str, gens: list[tuple[int, int, int, float, int]]) -> Recorder:
 def test_summary_aggregates_every_replica():
     r1 = replica("r1", [(100, 0, 21, 0.5, 121), (100, 90, 11, 0.25, 3000)])
     r2 = replica("r2", [(50, 10, 5, 0.1, 60)])
-    ingress = Recorder("ingress", "i1", use_ray=False)
+    ingress = Recorder("ingress", "i1", use_sink=False)
     ingress.on_http_request("/v1/completions", 200, "m")
     ingress.on_http_request("/v1/completions", 200, "m")
     ingress.on_http_request("/v1/chat/completions", 400, "m")
     ingress.on_http_request("/v1/chat/completions", 404, None)  # not a served model: not counted for m
-    manager = Recorder("manager", "model-manager", use_ray=False)
+    manager = Recorder("manager", "model-manager", use_sink=False)
     manager.on_pull("m", "failed", 0, "hub_error")
     agg = summarize([r1.snapshot(), r2.snapshot(), ingress.snapshot(), manager.snapshot()])
     assert set(agg) == {"m"}
@@ -121,7 +127,7 @@ def test_prometheus_text_matches_the_snapshots():
 
 
 def test_counters_skip_zero_and_store_labels():
-    rec = Recorder("llm", "r", model="m", use_ray=False)
+    rec = Recorder("llm", "r", model="m", use_sink=False)
     rec.inc(specs.PROMPT_TOKENS, 0)
     assert rec.store.series() == []
     rec.inc(specs.REQUESTS, 1, route="/x", status=200, model="other")
@@ -132,7 +138,7 @@ def test_counters_skip_zero_and_store_labels():
 def test_board_keeps_the_latest_snapshot_per_replica_and_forgets_silent_ones():
     kv = MemoryKV()
     board = StatsBoard(kv, ttl_s=-1.0)
-    snap = Recorder("llm", "r1", model="m", use_ray=False).snapshot()
+    snap = Recorder("llm", "r1", model="m", use_sink=False).snapshot()
     board.put(snapshot_key(snap), snap)
     assert board.all() == []  # older than the TTL: gone, and deleted from the store
     assert kv.list_keys() == []
@@ -148,7 +154,7 @@ def test_board_keeps_the_latest_snapshot_per_replica_and_forgets_silent_ones():
 
 def test_publisher_pushes_soon_after_a_poke_and_its_entry_goes_when_closed():
     board = StatsBoard(MemoryKV())
-    rec = Recorder("llm", "r1", model="m", use_ray=False)
+    rec = Recorder("llm", "r1", model="m", use_sink=False)
     pub = Publisher(rec.snapshot, interval_s=60.0, board=board)
     try:
         until(lambda: len(board.all()) == 1, 10, "the first push, at start", 0.02)
@@ -160,18 +166,54 @@ def test_publisher_pushes_soon_after_a_poke_and_its_entry_goes_when_closed():
     assert board.all() == []
 
 
+class ListSink:
+    """A metrics sink that keeps what it is given (as Ray's metrics would get it, deployments/metrics.py)."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.got: list[tuple[str, str, float, dict[str, str]]] = []
+
+    def record(self, spec, method, value, tags):
+        if self.fail:
+            raise RuntimeError("the backend is gone")
+        self.got.append((spec.name, method, value, tags))
+
+
 @pytest.fixture
-def fresh_recorder():
-    old = process_recorder()
-    rec = Recorder("ingress", "test", use_ray=False)
-    set_process_recorder(rec)
-    yield rec
-    set_process_recorder(old)
+def sink():
+    old = metrics_sink()
+    sink = ListSink()
+    set_metrics_sink(sink)
+    yield sink
+    set_metrics_sink(old)
 
 
-def test_middleware_counts_requests_and_keeps_request_ids(tmp_path, fresh_recorder, monkeypatch):
-    monkeypatch.setenv("KRONK_HOME", str(tmp_path))
-    app = create_app(LocalBackend({}), api_keys=[])
+def test_recorders_also_record_into_the_installed_sink(sink):
+    rec = Recorder("llm", "r1", model="m")  # made before the sink would be installed is fine: looked up per value
+    rec.inc(specs.PROMPT_TOKENS, 3)
+    rec.set(specs.ACTIVE, 2)
+    rec.observe(specs.TTFT, 0.5)
+    assert [(n, m, v) for n, m, v, _ in sink.got] == [
+        (specs.PROMPT_TOKENS.name, "inc", 3), (specs.ACTIVE.name, "set", 2), (specs.TTFT.name, "observe", 0.5)]
+    assert all(tags["model"] == "m" and tags["replica"] == "r1" for *_, tags in sink.got)
+    Recorder("llm", "r2", use_sink=False).inc(specs.PROMPT_TOKENS, 1)  # a recorder that keeps its numbers
+    assert len(sink.got) == 3
+
+
+def test_a_failing_sink_is_turned_off_and_the_store_keeps_counting(sink):
+    sink.fail = True
+    rec = Recorder("llm", "r1", model="m")
+    rec.inc(specs.PROMPT_TOKENS, 3)
+    assert rec.use_sink is False
+    sink.fail = False
+    rec.inc(specs.PROMPT_TOKENS, 4)
+    assert sink.got == []
+    assert [s["value"] for s in rec.store.series() if s["name"] == specs.PROMPT_TOKENS.name] == [7]
+
+
+def test_middleware_counts_requests_and_keeps_request_ids(tmp_path):
+    fresh_recorder = Recorder("ingress", "test", use_sink=False)
+    app = create_app(LocalBackend.of_services({}, Settings(home=tmp_path)), recorder=fresh_recorder)
     with TestClient(app) as c:
         assert c.get("/health").status_code == 200
         r = c.post("/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]},

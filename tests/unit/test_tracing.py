@@ -18,10 +18,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from kronk.api.app import create_app
-from kronk.api.backend import LocalBackend
-from kronk.api.service import ModelService
+from kronk.api.families import HANDLERS
 from kronk.engine import EngineConfig
 from kronk.engine.engine import LlamaEngine
+from kronk.serving.local import LocalBackend
+from kronk.serving.service import ModelService
 from kronk.settings import Settings
 from kronk.store import ModelStore, PullJobManager
 from kronk.telemetry import tracing
@@ -51,11 +52,12 @@ def spans():
 
 
 @pytest.fixture(scope="module")
-def client():
+def client(tmp_path_factory):
     engine = LlamaEngine(EngineConfig(model_path=gemma_path(), name=MODEL, parallel=2, ctx_size=1024,
                                       chat_template="gemma"))
     try:
-        app = create_app(LocalBackend({MODEL: ModelService(engine, MODEL)}), api_keys=[])
+        settings = Settings(home=tmp_path_factory.mktemp("home"))
+        app = create_app(LocalBackend.of_services({MODEL: ModelService(engine, MODEL, HANDLERS)}, settings))
         with TestClient(app) as c:
             yield c
     finally:

@@ -1,18 +1,20 @@
-"""Model management routes: pulls (jobs that outlive their client), removal, catalog, installed models."""
+"""Models: ``GET /v1/models[/{id}]`` (served models, then installed ones), pulls, removal, catalog, the store."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 
-from kronk.api.openai import backend_of, read_json
-from kronk.errors import NotFound
+from kronk.api.http import backend_of, check_model, installed_models, ops_of, read_json
+from kronk.api.models.schemas import PullRequest
+from kronk.errors import ModelNotFound, NotFound
+from kronk.serving.backend import ModelOps
 from kronk.telemetry import tracing
 
 router = APIRouter()
@@ -20,31 +22,12 @@ router = APIRouter()
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-class ModelOps(Protocol):
-    """The model manager's calls (see kronk.store.manager.ModelManager), awaitable."""
-
-    async def call(self, method: str, *args: Any) -> Any: ...
-
-
-class LocalModelOps:
-    """The model manager in this process (its calls block, so they run in threads)."""
-
-    def __init__(self, manager: Any):
-        self.manager = manager
-
-    async def call(self, method: str, *args: Any) -> Any:
-        return await asyncio.to_thread(getattr(self.manager, method), *args)
-
-
-class PullRequest(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-    model: str = Field(min_length=1, description="A catalog name, hf.co/<org>/<repo>/<file.gguf> or "
-                       "hf.co/<org>/<repo>:<QUANT>", validation_alias="model")
-    stream: bool = False
-
-
-def ops_of(request: Request) -> ModelOps:
-    return backend_of(request).model_ops()  # type: ignore[attr-defined]
+def _unix(stamp: Any) -> int:
+    """A manifest's ISO-8601 time as Unix seconds (OpenAI's `created`)."""
+    try:
+        return int(datetime.fromisoformat(str(stamp)).timestamp())
+    except (TypeError, ValueError):
+        return 0
 
 
 async def _progress(ops: ModelOps, job: dict[str, Any], interval: float = 0.5) -> AsyncIterator[str]:
@@ -58,6 +41,7 @@ async def _progress(ops: ModelOps, job: dict[str, Any], interval: float = 0.5) -
         job = await ops.call("job", job["id"]) or job
 
 
+# ---- pulls and the store: before /v1/models/{id}, which would otherwise take /v1/models/pull
 @router.post("/v1/models/pull")
 async def pull(request: Request) -> Any:
     body = await read_json(request)
@@ -103,18 +87,38 @@ async def installed(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": await ops_of(request).call("list_models")}
 
 
+@router.get("/v1/catalog")
+async def catalog(request: Request, family: str | None = None, capability: str | None = None) -> dict[str, Any]:
+    return {"object": "list", "data": await ops_of(request).call("catalog", family, capability)}
+
+
+# ---- the served models
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """Served models, then models installed on disk that no deployment serves (``served: false``)."""
+    backend = backend_of(request)
+    cards = [{**c, "served": True} for c in await backend.model_cards()]
+    served = {c["id"] for c in cards}
+    for m in await installed_models(backend):
+        if m["name"] not in served:
+            cards.append({"id": m["name"], "object": "model", "created": _unix(m.get("created_at")),
+                          "owned_by": "kronk", "served": False, "status": "installed"})
+    return {"object": "list", "data": cards}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    backend = backend_of(request)
+    for card in await backend.model_cards():
+        if card["id"] == model_id:
+            return card
+    await check_model(backend, model_id)
+    raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
+
+
 @router.delete("/v1/models/{model_id:path}")
 async def remove(model_id: str, request: Request) -> dict[str, Any]:
     ops = ops_of(request)
     if not await ops.call("remove", model_id):
         raise NotFound(f"model {model_id!r} is not installed", param="model")
     return {"id": model_id, "object": "model", "deleted": True}
-
-
-@router.get("/v1/catalog")
-async def catalog(request: Request, family: str | None = None, capability: str | None = None) -> dict[str, Any]:
-    return {"object": "list", "data": await ops_of(request).call("catalog", family, capability)}
-
-
-def attach(app: FastAPI) -> None:
-    app.include_router(router)

@@ -1,0 +1,1 @@
+"""Chat completions: schemas (request), routes (HTTP), serving (in the replica)."""

@@ -1,0 +1,1 @@
+"""Text completions: schemas (request), routes (HTTP), serving (in the replica)."""

@@ -1,0 +1,1 @@
+"""Embeddings: schemas (request), routes (HTTP), serving (in the replica)."""

@@ -1,0 +1,32 @@
+"""``POST /v1/embeddings`` request."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from kronk.api.schemas import ModelRequest
+
+
+class EmbeddingRequest(ModelRequest):
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("input must not be empty")
+        if isinstance(v, str) and not v:
+            raise ValueError("input must not be an empty string")
+        return v
+
+    def inputs(self) -> list[str] | list[list[int]]:
+        v = self.input
+        if isinstance(v, str):
+            return [v]
+        if all(isinstance(x, int) for x in v):
+            return [list(v)]  # type: ignore[list-item]
+        return list(v)  # type: ignore[return-value]

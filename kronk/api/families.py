@@ -1,0 +1,26 @@
+"""The endpoint families, registered in one place: each family's HTTP routes and, for the model endpoints, the
+handler a model's service runs its calls with. A new family (messages, responses, ollama, ...) is one package
+beside these and one entry here."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from kronk.api.chat.routes import router as chat_router
+from kronk.api.chat.serving import serve_chat
+from kronk.api.completions.routes import router as completions_router
+from kronk.api.completions.serving import serve_completion
+from kronk.api.embeddings.routes import router as embeddings_router
+from kronk.api.embeddings.serving import serve_embeddings
+from kronk.api.models.routes import router as models_router
+from kronk.serving.call import Endpoint
+from kronk.serving.service import Handler
+
+# Route order matters where paths overlap: models' /v1/models/pull comes before /v1/models/{id} in its router.
+ROUTERS: list[APIRouter] = [models_router, chat_router, completions_router, embeddings_router]
+
+HANDLERS: dict[Endpoint, Handler] = {
+    Endpoint.CHAT: serve_chat,
+    Endpoint.COMPLETIONS: serve_completion,
+    Endpoint.EMBEDDINGS: serve_embeddings,
+}

@@ -1,0 +1,122 @@
+"""What every route shares: reading the body, the request's context, and turning a call's items into a response.
+
+A route validates its body once into its family's request and hands a
+:class:`~kronk.serving.call.Call` to the app's backend (``app.state.backend``).
+The first item decides the response: a Failure is an error envelope with its
+status, a dict the JSON answer, a string the start of an SSE stream; a Failure
+after the first item is an SSE ``error`` event, and the stream ends.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from kronk.api.middleware import request_info, set_model
+from kronk.errors import InvalidRequest, ModelNotFound
+from kronk.serving.backend import Backend, ModelOps
+from kronk.serving.call import Call, Endpoint, RequestContext
+from kronk.serving.items import Failure, Item
+from kronk.telemetry import tracing
+
+
+def backend_of(request: Request) -> Backend:
+    return request.app.state.backend
+
+
+def ops_of(request: Request) -> ModelOps:
+    return backend_of(request).model_ops()
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidRequest(f"the request body is not valid JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def context_of(request: Request) -> RequestContext:
+    """The request's one id (see kronk.api.middleware) and the trace context to continue in the replica:
+    the current (HTTP request) span when tracing is on, else the client's own ``traceparent``."""
+    return RequestContext(request_id=request_info(request).request_id,
+                          traceparent=tracing.current_traceparent() or request.headers.get("traceparent"))
+
+
+async def installed_models(backend: Backend) -> list[dict[str, Any]]:
+    try:
+        return await backend.model_ops().call("list_models")
+    except Exception:  # the store is informational here; never fail a listing or an error message
+        return []
+
+
+async def check_model(backend: Backend, model: str) -> None:
+    ids = await backend.model_ids()
+    if model not in ids:
+        if any(m["name"] == model for m in await installed_models(backend)):
+            raise ModelNotFound(f"The model '{model}' is installed but not served; start the server with it "
+                                f"(kronk server start --model {model}). Served models: {', '.join(ids)}.",
+                                param="model")
+        raise ModelNotFound(f"The model '{model}' does not exist. Available models: {', '.join(ids) or 'none'}.",
+                            param="model")
+
+
+async def handle(request: Request, endpoint: Endpoint, schema: type[BaseModel]) -> Response:
+    """A model route: validate the body once, check the model, run the call, answer with its items."""
+    backend = backend_of(request)
+    with tracing.span("kronk.route", attributes={"kronk.endpoint": endpoint.value}) as sp:
+        body = await read_json(request)
+        model = body.get("model")
+        if isinstance(model, str) and model in await backend.model_ids():
+            set_model(request, model)  # label this request's metrics, 4xx included, with a served model
+        req = schema.model_validate(body)
+        await check_model(backend, req.model)  # type: ignore[attr-defined]
+        if sp is not None:
+            sp.set_attributes({"kronk.model": req.model, "kronk.stream": bool(body.get("stream"))})  # type: ignore[attr-defined]
+    return await respond(backend.stream(Call(endpoint, req, context_of(request))), request)
+
+
+async def respond(items: AsyncIterator[Item], request: Request) -> Response:
+    try:
+        first = await items.__anext__()
+    except BaseException:
+        await items.aclose()
+        raise
+    if isinstance(first, Failure):
+        await items.aclose()
+        return JSONResponse(first.envelope(), status_code=first.status)
+    if isinstance(first, dict):
+        await items.aclose()
+        return JSONResponse(first)
+    return StreamingResponse(_sse(first, items, request_info(request).span), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _sse(first: str, items: AsyncIterator[Item], parent: Any = None) -> AsyncIterator[str]:
+    """The SSE body; with tracing on, a ``kronk.stream_write`` span covers writing it to the client."""
+    n, size, t0 = 1, len(first), time.time_ns()
+    try:
+        yield first
+        async for item in items:
+            if isinstance(item, Failure):  # mid-stream failure: tell the client in-band, then end the stream
+                yield item.sse()
+                return
+            n += 1
+            size += len(item)
+            yield item
+    finally:
+        await items.aclose()
+        if parent is not None:
+            tracing.end_span(tracing.start_span("kronk.stream_write", parent, start_ns=t0),
+                             attributes={"kronk.items": n, "kronk.chars": size})

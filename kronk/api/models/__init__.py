@@ -1,0 +1,1 @@
+"""Models: the served ones, pulls (jobs that outlive their client), removal, catalog, the store."""

@@ -1,0 +1,66 @@
+"""What the HTTP routes talk to: a Backend finds a model and streams a call's items.
+
+Two implementations: :class:`kronk.serving.local.LocalBackend`, over models in
+this process (the one-model replica that takes HTTP itself, benchmarks, the
+one-process API tests), and ``deployments.ingress.ServeBackend``, over Serve
+deployment handles (the routing ingress).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from kronk.serving.call import Call
+from kronk.serving.items import Item
+from kronk.telemetry.stats import summarize
+
+
+class ModelOps(Protocol):
+    """The model manager's calls (see kronk.store.manager.ModelManager), awaitable."""
+
+    async def call(self, method: str, *args: Any) -> Any: ...
+
+
+class Backend(Protocol):
+    async def model_ids(self) -> list[str]:
+        """Ids of the models that can be asked for now."""
+
+    async def model_cards(self) -> list[dict[str, Any]]:
+        """OpenAI model objects, with kronk's extra fields."""
+
+    def stream(self, call: Call) -> AsyncIterator[Item]:
+        """A call's items (see kronk.serving.items); errors come as a Failure item, never raised."""
+
+    async def stats(self, snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+        """``/v1/stats`` (see :func:`stats_of`); ``snapshots``: every replica's metrics, the front's included."""
+
+    def model_ops(self) -> ModelOps:
+        """The model manager (pulls, store, catalog)."""
+
+    async def telemetry(self) -> list[dict[str, Any]]:
+        """The metrics snapshots of every replica it knows of (kronk.telemetry.metrics.Recorder.snapshot)."""
+
+
+def model_card(model_id: str, created: int, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An OpenAI model object for a served model, from what its replica says of itself (``info``)."""
+    info = info or {}
+    idle = info.get("replicas") == 0
+    card: dict[str, Any] = {"id": model_id, "object": "model", "created": created, "owned_by": "kronk",
+                            "status": "error" if info.get("error") else ("scaled_to_zero" if idle else "ready")}
+    if info.get("error"):
+        card["error"] = info["error"]
+    if info.get("context_length"):
+        card["context_length"] = info["context_length"]
+    return card
+
+
+def stats_of(infos: dict[str, dict[str, Any]], running: dict[str, int],
+             snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """``/v1/stats``: per model, one replica's live engine stats (``stats``), the running replicas and
+    ``aggregate``, every replica's numbers together (kronk.telemetry.stats.summarize)."""
+    aggregate = summarize(snapshots)
+    out = {}
+    for m, info in infos.items():
+        out[m] = {**info, "replicas": running.get(m, info.get("replicas", 1)), "aggregate": aggregate.get(m)}
+    return {"models": out}

@@ -1,0 +1,104 @@
+"""The in-process backend: models that live in this process.
+
+Used by the one-model replica that takes HTTP itself (its one model is the replica
+it runs in: ``deployments/server.py``), by benchmarks and by the one-process API
+tests (:meth:`LocalBackend.of_services`). What differs between those — where the
+model manager is, where other replicas' numbers come from, how many replicas run —
+is passed in; the rest is the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from kronk.errors import ModelNotFound
+from kronk.serving.backend import ModelOps, model_card, stats_of
+from kronk.serving.call import Call
+from kronk.serving.items import Failure, Item
+from kronk.serving.replica import ModelReplica
+from kronk.serving.service import ModelService
+
+
+class ModelHost(Protocol):
+    """A model in this process: a ModelReplica, or the Serve replica that runs the app."""
+
+    def stream(self, call: Call) -> AsyncIterator[Item]: ...
+
+    async def info(self) -> dict[str, Any]: ...
+
+
+class LocalModelOps:
+    """The model manager in this process (its calls block, so they run in threads)."""
+
+    def __init__(self, manager: Any):
+        self.manager = manager
+
+    async def call(self, method: str, *args: Any) -> Any:
+        return await asyncio.to_thread(getattr(self.manager, method), *args)
+
+
+class LocalBackend:
+    def __init__(self, models: Mapping[str, ModelHost], *, ops: Callable[[], ModelOps],
+                 telemetry: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
+                 replicas: Callable[[], Awaitable[dict[str, int]]] | None = None):
+        """``ops`` makes the model manager's client on first use; ``telemetry`` gives every replica's snapshot
+        (default: these models' own); ``replicas`` the running replicas per model (default: one each)."""
+        self.models = dict(models)
+        self.created = int(time.time())
+        self._make_ops = ops
+        self._ops: ModelOps | None = None
+        self._telemetry = telemetry
+        self._replicas = replicas
+
+    @classmethod
+    def of_services(cls, services: Mapping[str, ModelService], settings: Any) -> LocalBackend:
+        """Models served in this process, with a model manager of its own over ``settings``' store."""
+
+        def ops() -> ModelOps:
+            from kronk.store.manager import ModelManager
+
+            return LocalModelOps(ModelManager(settings.to_args()))
+
+        return cls({m: ModelReplica(s) for m, s in services.items()}, ops=ops)
+
+    def model_ops(self) -> ModelOps:
+        if self._ops is None:
+            self._ops = self._make_ops()
+        return self._ops
+
+    async def model_ids(self) -> list[str]:
+        return list(self.models)
+
+    async def _infos(self) -> dict[str, dict[str, Any]]:
+        return {m: await host.info() for m, host in self.models.items()}
+
+    async def model_cards(self) -> list[dict[str, Any]]:
+        return [model_card(m, self.created, info) for m, info in (await self._infos()).items()]
+
+    async def stream(self, call: Call) -> AsyncIterator[Item]:
+        host = self.models.get(call.model)
+        if host is None:
+            yield Failure.of(ModelNotFound(f"The model '{call.model}' does not exist.", param="model"))
+            return
+        items = host.stream(call)
+        try:
+            async for item in items:
+                yield item
+        finally:
+            await items.aclose()
+
+    async def telemetry(self) -> list[dict[str, Any]]:
+        if self._telemetry is not None:
+            return await self._telemetry()
+        snaps = [host.snapshot() for host in self.models.values() if hasattr(host, "snapshot")]
+        recorder = getattr(getattr(self._ops, "manager", None), "recorder", None)
+        if recorder is not None:
+            snaps.append(recorder.snapshot())
+        return snaps
+
+    async def stats(self, snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+        running = await self._replicas() if self._replicas is not None else {}
+        return stats_of(await self._infos(), running, snapshots)

@@ -1,0 +1,116 @@
+"""The repetition guard that ends grammar-constrained generations stuck in a loop."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from kronk.engine.repetition import MAX_PERIOD, MAX_WHITESPACE_RUN, MIN_SPAN, SPAN_PERIODS, RepetitionGuard
+
+
+def trip_index(tokens, guard=None, whitespace=()):
+    """1-based index of the token at which the guard trips (None: never)."""
+    g = guard or RepetitionGuard()
+    for i, t in enumerate(tokens, 1):
+        if g.feed(t, t in whitespace):
+            return i
+    return None
+
+
+def span(p):
+    return max(MIN_SPAN, SPAN_PERIODS * p)
+
+
+def test_defaults_are_the_documented_thresholds():
+    assert (MAX_PERIOD, MIN_SPAN, SPAN_PERIODS, MAX_WHITESPACE_RUN) == (32, 64, 4, 32)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 5, 7, 16, 17, 25, 32])
+def test_a_cycle_trips_exactly_when_it_covers_its_span(p):
+    cycle = list(range(1000, 1000 + p))
+    prefix = list(range(50))  # distinct tokens before the loop starts
+    seq = prefix + cycle * (2 * span(p) // p + 2)
+    assert trip_index(seq) == len(prefix) + span(p)
+
+
+@pytest.mark.parametrize("p", [1, 4, 32])
+def test_the_reason_names_the_period(p):
+    g = RepetitionGuard()
+    assert trip_index(list(range(1000, 1000 + p)) * 200, guard=g)
+    assert g.tripped and g.reason.startswith(f"a cycle of {p} token(s)")
+    assert g.feed(1)  # stays tripped
+
+
+def test_a_cycle_longer_than_max_period_is_not_a_cycle():
+    cycle = list(range(1000, 1000 + MAX_PERIOD + 1))
+    assert trip_index(cycle * 20) is None
+    assert trip_index(cycle * 20, guard=RepetitionGuard(max_period=MAX_PERIOD + 1)) == 4 * (MAX_PERIOD + 1)
+
+
+def test_a_long_varied_sequence_never_trips():
+    rng = random.Random(0)
+    # a small alphabet makes chance repeats of short patterns frequent, yet never 64 periodic tokens
+    seq = [rng.randrange(50) for _ in range(50_000)]
+    assert trip_index(seq) is None
+
+
+def test_text_like_sequence_with_repeated_phrases_never_trips():
+    rng = random.Random(1)
+    phrases = [[rng.randrange(5000) for _ in range(rng.randint(3, 12))] for _ in range(40)]
+    seq, last = [], None
+    for _ in range(5000):
+        ph = rng.choice([p for p in phrases if p is not last])
+        seq += ph * rng.randint(1, 3)  # said up to three times in a row, as text sometimes does
+        last = ph
+    assert trip_index(seq) is None
+
+
+def test_a_phrase_repeated_over_less_than_its_span_does_not_trip():
+    for p in (1, 5, 10, 16, 20, 32):
+        reps = (span(p) - 1) // p  # whole copies that stay below the span
+        tail = (span(p) - 1) % p  # and as much of one more as fits
+        cycle = list(range(1000, 1000 + p))
+        loop = cycle * reps + cycle[:tail]
+        assert len(loop) == span(p) - 1
+        seq = list(range(100)) + loop + [7] + list(range(200, 260)) + loop
+        assert trip_index(seq) is None, p
+
+
+def test_a_broken_cycle_starts_counting_again():
+    cycle = [1, 2, 3, 4]
+    seq = cycle * 15 + [9] + cycle * 15  # 60 tokens, a different one, 60 tokens
+    assert trip_index(seq) is None
+    assert trip_index(seq + cycle) == len(seq) + 4  # the second run reaches 64 of its own
+
+
+def test_a_whitespace_run_trips_at_the_cap():
+    ws = set(range(10))
+    rng = random.Random(2)
+    blanks = [rng.randrange(10) for _ in range(200)]  # varied blank tokens: no cycle
+    seq = [100, 101, 102, *blanks]
+    assert trip_index(seq, whitespace=ws) == 3 + MAX_WHITESPACE_RUN
+
+
+def test_short_whitespace_runs_do_not_trip():
+    ws = {0, 1}
+    seq = []
+    for i in range(3000):  # indentation-like runs below the cap, between real tokens
+        seq += [0, 1] * (i % (MAX_WHITESPACE_RUN // 2)) + [100 + i]
+    g = RepetitionGuard()
+    assert trip_index(seq, guard=g, whitespace=ws) is None
+
+
+def test_thresholds_are_validated():
+    with pytest.raises(ValueError):
+        RepetitionGuard(max_period=0)
+    with pytest.raises(ValueError):
+        RepetitionGuard(max_whitespace_run=0)
+
+
+def test_memory_stays_bounded():
+    g = RepetitionGuard()
+    for t in range(100_000):
+        g.feed(t)
+    assert len(g._hist) < 2 * MAX_PERIOD
+    assert g.n_tokens == 100_000 and not g.tripped
