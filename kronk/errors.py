@@ -20,8 +20,6 @@ class ErrorKind(Enum):
     NOT_FOUND = (404, "not_found_error")
     MODEL_NOT_FOUND = (404, "invalid_request_error")
     CONFLICT = (409, "conflict_error")
-    UNPROCESSABLE = (422, "invalid_request_error")
-    RATE_LIMIT = (429, "rate_limit_error")
     SERVER = (500, "server_error")
     UNAVAILABLE = (503, "server_error")
 

@@ -38,10 +38,6 @@ class ChatTemplate:
         self._template = env.from_string(self.source)
         self.bos_token, self.eos_token = bos_token, eos_token
 
-    @property
-    def supports_tools(self) -> bool:
-        return "tools" in self.source
-
     def render(self, messages: list[dict[str, Any]], tools: list[dict] | None = None,
                add_generation_prompt: bool = True, **kwargs: Any) -> str:
         try:

@@ -6,7 +6,8 @@
   (``text``, possibly empty) and the new token ids (``token_ids``); text is never
   split inside a UTF-8 character and never contains (part of) a stop string;
 * the last chunk has ``finish_reason`` set (``"stop"``: end-of-generation token or a
-  stop string; ``"length"``: ``max_tokens`` reached or the slot's context is full;
+  stop string; ``"length"``: ``max_tokens`` reached, the slot's context is full, or
+  the repetition guard ended a loop (``GenerationRequest.repetition_guard``);
   ``"cancelled"`` is never yielded: a consumer that stops iterating cancels) and
   ``usage`` filled in;
 * errors in the request (a prompt longer than the context, a token outside the

@@ -27,9 +27,6 @@ class ModelManager:
         self.recorder = Recorder("manager", "model-manager")
         self.jobs_ = PullJobManager(store=self.store, recorder=self.recorder)
 
-    def ready(self) -> bool:
-        return True
-
     # ------------------------------------------------------------------ pulls
 
     def pull(self, ref: str, trace: dict[str, str] | None = None) -> dict[str, Any]:

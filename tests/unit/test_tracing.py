@@ -213,3 +213,17 @@ def test_pull_spans_resolve_download_verify_under_the_callers_trace(tmp_path: Pa
     assert series[("kronk_pull_bytes_total", (("model", job.model), ("replica", "model-manager")))] == len(data)
     assert series[("kronk_pull_failures_total", (("code", bad.error_code), ("model", bad.model),
                                                  ("replica", "model-manager")))] == 1
+
+
+@pytest.mark.parametrize("given", [None, "client-id-7"])
+def test_one_request_id_in_the_header_the_response_and_the_spans(client, spans, given):
+    headers = {"x-request-id": given} if given else {}
+    r = client.post("/v1/chat/completions", headers=headers, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0})
+    assert r.status_code == 200
+    rid = r.headers["x-request-id"]
+    assert rid == given if given else len(rid) == 32  # the client's id is kept, else one is made
+    assert r.json()["id"] == f"chatcmpl-{rid}"
+    s = by_name(spans.get_finished_spans())
+    assert s["POST /v1/chat/completions"].attributes["kronk.request_id"] == rid
+    assert s["kronk.generate"].attributes["kronk.request_id"] == rid

@@ -1,0 +1,48 @@
+"""Fixtures shared by the whole suite.
+
+``api_url``: kronk's real FastAPI app over the in-process backend (``kronk.serving.local``), serving both small
+real models (Gemma 3 270M, the base model without a chat template, and SmolLM2-135M-Instruct with its own) over
+real HTTP from this process: the OpenAI shaping, without Ray, in seconds. The Serve-level tests
+(tests/integration) start a real Ray cluster instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from kronk.api.app import create_app
+from kronk.api.families import HANDLERS
+from kronk.engine import EngineConfig
+from kronk.engine.engine import LlamaEngine
+from kronk.serving.local import LocalBackend
+from kronk.serving.service import ModelService
+from kronk.settings import Settings
+from tests.helpers import GEMMA, SMOL, http_server, openai_client
+from tests.models import gemma_path, smollm_path
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ModelService]]:
+    """One service per small model, as a replica runs it (the same handlers), shared by the session."""
+    engines = {GEMMA: LlamaEngine(EngineConfig(model_path=gemma_path(), name=GEMMA, parallel=4, ctx_size=2048,
+                                               chat_template="gemma")),
+               SMOL: LlamaEngine(EngineConfig(model_path=smollm_path(), name=SMOL, parallel=2, ctx_size=2048))}
+    try:
+        yield {name: ModelService(e, name, HANDLERS) for name, e in engines.items()}
+    finally:
+        for e in engines.values():
+            e.close()
+
+
+@pytest.fixture(scope="session")
+def api_url(services: dict[str, ModelService], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    settings = Settings(home=tmp_path_factory.mktemp("kronk-home"))
+    with http_server(create_app(LocalBackend.of_services(services, settings))) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def client(api_url: str):
+    return openai_client(api_url)

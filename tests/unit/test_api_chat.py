@@ -1,0 +1,89 @@
+"""``/v1/chat/completions`` shaping in one process (the real models, the in-process backend, real HTTP)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.helpers import GEMMA, SMOL
+
+WEATHER = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+                   "required": ["city"]}}}]
+
+
+def test_chat_non_streamed_and_streamed_agree(client):
+    msgs = [{"role": "user", "content": "Name three colors."}]
+    r = client.chat.completions.create(model=SMOL, messages=msgs, temperature=0, max_tokens=24)
+    assert r.object == "chat.completion" and len(r.choices) == 1
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 5
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.id.startswith("chatcmpl-") and r.system_fingerprint
+
+    text, usage, finish = "", None, None
+    for ch in client.chat.completions.create(model=SMOL, messages=msgs, temperature=0, max_tokens=24,
+                                             stream=True, stream_options={"include_usage": True}):
+        if ch.choices:
+            text += ch.choices[0].delta.content or ""
+            finish = ch.choices[0].finish_reason or finish
+        if ch.usage:
+            usage = ch.usage
+    assert text == r.choices[0].message.content
+    assert finish == r.choices[0].finish_reason
+    assert usage.completion_tokens == r.usage.completion_tokens
+    assert usage.prompt_tokens == r.usage.prompt_tokens
+
+
+def test_max_completion_tokens_wins_over_max_tokens(client):
+    r = client.chat.completions.create(model=GEMMA, messages=[{"role": "user", "content": "Tell a story."}],
+                                       temperature=0, max_tokens=30, max_completion_tokens=4,
+                                       extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 4
+
+
+def test_second_turn_reports_cached_prompt_tokens(client):
+    msgs = [{"role": "user", "content": "Tell me about the sea."}]
+    first = client.chat.completions.create(model=SMOL, messages=msgs, temperature=0, max_tokens=12)
+    msgs += [{"role": "assistant", "content": first.choices[0].message.content},
+             {"role": "user", "content": "And the mountains?"}]
+    second = client.chat.completions.create(model=SMOL, messages=msgs, temperature=0, max_tokens=4)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens <= cached < second.usage.prompt_tokens
+
+
+def test_tool_call_required_returns_a_parsed_call(client):
+    r = client.chat.completions.create(model=SMOL, temperature=0, max_tokens=60, tools=WEATHER,
+                                       tool_choice="required",
+                                       messages=[{"role": "user", "content": "Weather in Paris?"}])
+    call = r.choices[0].message.tool_calls[0]
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
+    # the streamed form: id/type/name in the first fragment, arguments spread over fragments
+    frags = [c.choices[0].delta.tool_calls for c in client.chat.completions.create(
+        model=SMOL, temperature=0, max_tokens=60, tools=WEATHER, tool_choice="required", stream=True,
+        messages=[{"role": "user", "content": "Weather in Paris?"}]) if c.choices and c.choices[0].delta.tool_calls]
+    first = frags[0][0]
+    assert first.id and first.type == "function" and first.function.name == "get_weather"
+    args = "".join(f[0].function.arguments or "" for f in frags)
+    assert json.loads(args) == json.loads(call.function.arguments)
+
+
+def test_a_tool_round_trip_renders(client):
+    """The assistant's call and the tool's answer go back into the template (ids kept, arguments as text)."""
+    msgs = [{"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather",
+                                                                  "arguments": '{"city": "Paris"}'}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 21}'}]
+    r = client.chat.completions.create(model=SMOL, temperature=0, max_tokens=20, tools=WEATHER, messages=msgs)
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert r.usage.prompt_tokens > 30
+
+
+def test_template_markup_never_reaches_content(client):
+    markup = ("<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>", "<|endoftext|>")
+    for model in (SMOL, GEMMA):
+        r = client.chat.completions.create(model=model, temperature=0, max_tokens=60,
+                                           messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert not any(m in r.choices[0].message.content for m in markup), r.choices[0].message.content
