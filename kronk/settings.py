@@ -35,6 +35,9 @@ DEFAULT_MODEL = "gemma3-270m"
 # The config file path in force while a Settings object is being built (see load_settings).
 _config_path: ContextVar[Path | None] = ContextVar("kronk_config_path", default=None)
 # True while Settings.from_resolved rebuilds settings that were resolved elsewhere: no environment is read.
+# Server-wide settings whose default a model's catalog recommendation replaces (an explicit value is kept).
+CATALOG_OVERRIDABLE = ("kv_cache_type",)
+
 _from_resolved: ContextVar[bool] = ContextVar("kronk_from_resolved", default=False)
 
 
@@ -270,8 +273,9 @@ class Settings(BaseSettings):
 
         ``catalog``: the model's catalog values (its store manifest, or its catalog entry), used where the
         model's own config sets none: ``context_length`` caps the server's ``ctx_size`` (which acts as the
-        budget), ``kv_cache_type`` (the catalog's recommendation) wins over the server's, ``chat_template``
-        fills in. Pass the model's *own* config (as the user wrote it) so that what it sets is known.
+        budget), ``kv_cache_type`` (the catalog's recommendation) wins over the server's default (not over a
+        server-wide value the user set), ``chat_template`` fills in. Pass the model's *own* config (as the
+        user wrote it) so that what it sets is known.
         """
         if isinstance(m, str):
             m = self.model(m)
@@ -285,8 +289,8 @@ class Settings(BaseSettings):
             if m.ctx_size is None and length:
                 data["ctx_size"] = min(int(length), self.ctx_size)
             kv = getattr(catalog, "kv_cache_type", None)
-            if m.kv_cache_type is None and kv:
-                data["kv_cache_type"] = kv
+            if m.kv_cache_type is None and kv and "kv_cache_type" not in self.model_fields_set:
+                data["kv_cache_type"] = kv  # the catalog's recommendation, unless the user chose one for all
             template = getattr(catalog, "chat_template", None)
             if m.chat_template is None and template:
                 data["chat_template"] = template
@@ -323,7 +327,9 @@ class Settings(BaseSettings):
 
     def to_args(self) -> dict[str, Any]:
         """Every explicitly known value, secrets included, for passing to build_app / a Ray actor."""
-        d = self.model_dump(mode="json", exclude_none=True)
+        # a catalog-overridable default stays unset, so that the replicas know the user did not choose it
+        d = self.model_dump(mode="json", exclude_none=True,
+                            exclude={f for f in CATALOG_OVERRIDABLE if f not in self.model_fields_set})
         if self.hf_token:
             d["hf_token"] = self.hf_token.get_secret_value()
         d["api_keys"] = [k.get_secret_value() for k in self.api_keys]

@@ -19,8 +19,6 @@ import json
 import re
 from typing import Any
 
-from llama_cpp.llama_grammar import json_schema_to_gbnf
-
 from kronk.errors import InvalidRequest
 
 # Any JSON object (adapted from llama.cpp's grammars/json.gbnf, which llama-cpp-python ships as
@@ -66,6 +64,10 @@ def json_object_grammar() -> str:
 
 def json_schema_grammar(schema: dict[str, Any], param: str = "response_format") -> str:
     """A grammar for documents matching a JSON Schema."""
+    # imported here: importing llama_cpp loads libllama, which the routing ingress (that imports the API
+    # families, this module among them) never needs
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
     if not isinstance(schema, dict):
         raise InvalidRequest("the JSON schema must be an object", param=param)
     try:

@@ -91,15 +91,13 @@ class GenerationNumbers:
 class Recorder:
     """One process's (one replica's) metrics; ``snapshot()`` is what ``/metrics`` and ``/v1/stats`` read."""
 
-    def __init__(self, component: str, replica: str, model: str | None = None, use_sink: bool = True, *,
-                 use_ray: bool | None = None):
-        """``use_sink`` False: only this recorder's store, never the process's metrics sink (``use_ray`` is its
-        old name)."""
+    def __init__(self, component: str, replica: str, model: str | None = None, use_sink: bool = True):
+        """``use_sink`` False: only this recorder's store, never the process's metrics sink."""
         self.component = component
         self.replica = replica
         self.model = model
         self.store = MetricStore()
-        self.use_sink = use_sink if use_ray is None else use_ray
+        self.use_sink = use_sink
         self.engine: dict[str, Any] | None = None
         self.on_change: Callable[[], None] | None = None  # e.g. a Publisher's poke()
 
@@ -186,19 +184,3 @@ class Recorder:
         """Plain data (picklable, JSON-able): who, when, every series, the last engine sample."""
         return {"component": self.component, "replica": self.replica, "model": self.model, "pid": os.getpid(),
                 "time": time.time(), "series": self.store.series(), "engine": self.engine}
-
-
-_process: Recorder | None = None
-
-
-def process_recorder() -> Recorder:
-    """This process's front-end recorder (the ingress sets its own; in-process servers get ``local``)."""
-    global _process
-    if _process is None:
-        _process = Recorder("ingress", "local")
-    return _process
-
-
-def set_process_recorder(rec: Recorder) -> None:
-    global _process
-    _process = rec

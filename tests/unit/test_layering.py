@@ -62,13 +62,16 @@ def imports_of(module: str) -> list[Import]:
     """Every import in ``module``'s source, wherever it stands (module level, functions, classes, try blocks)."""
     source = MODULES[module].read_text()
     tree = ast.parse(source, filename=str(MODULES[module]))
+    lines = source.splitlines()
     out = []
     for node in ast.walk(tree):
-        text = " ".join((ast.get_source_segment(source, node) or "").split())
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        text = " ".join(" ".join(lines[node.lineno - 1 : node.end_lineno]).split())
         text = text if len(text) <= 100 else text[:97] + "..."
         if isinstance(node, ast.Import):
             out += [Import(module, node.lineno, alias.name, text) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
+        else:
             base = _resolve_relative(module, node.level, node.module) if node.level else (node.module or "")
             for alias in node.names:
                 sub = f"{base}.{alias.name}"

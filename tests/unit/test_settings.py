@@ -286,9 +286,13 @@ def test_explicit_model_values_beat_the_catalog() -> None:
     assert (cfg.ctx_size, cfg.cache_type_k, cfg.cache_type_v, cfg.chat_template) == (4096, "q4_0", "q4_0", "chatml")
     cfg = engine_config(s, s.model("k"), "m.gguf", man)
     assert (cfg.cache_type_k, cfg.cache_type_v) == ("q8_0", "f16")
-    # the catalog's recommended KV type wins over the server-wide one (set it per model to force one)
-    assert engine_config(Settings(kv_cache_type="q4_0", models=[{"name": "m"}]), "m", "m.gguf", man
-                         ).cache_type_k == "q8_0"
+    # a server-wide KV type the user chose wins over the catalog's recommendation, also after the trip to a
+    # replica (Settings.from_resolved of to_args); the server's default does not
+    chosen = Settings(kv_cache_type="q4_0", models=[{"name": "m"}])
+    assert engine_config(chosen, "m", "m.gguf", man).cache_type_k == "q4_0"
+    assert engine_config(Settings.from_resolved(chosen.to_args()), "m", "m.gguf", man).cache_type_k == "q4_0"
+    default = Settings(models=[{"name": "m"}])
+    assert engine_config(Settings.from_resolved(default.to_args()), "m", "m.gguf", man).cache_type_k == "q8_0"
 
 
 def test_a_catalog_entry_gives_the_same_values_as_its_manifest() -> None:

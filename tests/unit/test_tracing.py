@@ -184,7 +184,7 @@ def test_pull_spans_resolve_download_verify_under_the_callers_trace(tmp_path: Pa
     with server:
         store = ModelStore(Settings(home=tmp_path / "home", models_dir=tmp_path / "models", hf_endpoint=server.url),
                            retries=1, backoff_s=0.01)
-        rec = Recorder("manager", "model-manager", use_ray=False)
+        rec = Recorder("manager", "model-manager", use_sink=False)
         jobs = PullJobManager(store=store, recorder=rec)
         job = jobs.wait(jobs.start("hf.co/org/Tiny-GGUF:Q4_K_M", trace={"traceparent": TRACEPARENT}).id, 60)
         assert job.status == "succeeded"
