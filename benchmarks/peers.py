@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import tempfile
 from contextlib import contextmanager
 from typing import Any
 
-from kronk.cli.procs import wait_healthy
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from kronk.cli.procs import free_port, wait_healthy
 
 
 def wait_health(url: str, timeout_s: float = 300, proc: subprocess.Popen | None = None) -> None:

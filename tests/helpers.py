@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -13,14 +12,12 @@ from typing import Any
 import openai
 import uvicorn
 
+from kronk.cli.procs import free_port
+
+__all__ = ["GEMMA", "SMOL", "free_port", "http_server", "openai_client", "sse_events", "sse_usage"]
+
 GEMMA = "gemma3-270m"
 SMOL = "smollm2:135m"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sse_events(lines: str | Iterable[str]) -> list[dict[str, Any]]:
@@ -28,6 +25,11 @@ def sse_events(lines: str | Iterable[str]) -> list[dict[str, Any]]:
     if isinstance(lines, str):
         lines = lines.splitlines()
     return [json.loads(line[6:]) for line in lines if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+def sse_usage(text: str) -> dict[str, Any]:
+    """The usage an SSE body reports (its last event that has one)."""
+    return next(e["usage"] for e in reversed(sse_events(text)) if e.get("usage"))
 
 
 def openai_client(url: str, timeout_s: float = 120) -> openai.OpenAI:

@@ -122,6 +122,13 @@ def terminate(pids: list[int], grace_s: float = 5.0) -> None:
     wait_gone(left, 5.0)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (for tests and benchmarks that start servers)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def port_in_use(host: str, port: int) -> bool:
     """Something listens on host:port (checked by binding it, like the server will)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -14,18 +14,12 @@ from typing import Any
 
 import httpx
 
-from kronk.cli.procs import alive, session_members  # noqa: F401 - the CLI's own process checks, used by the tests
+from kronk.cli.procs import alive, free_port, session_members  # noqa: F401 - the CLI's own process helpers, used by the tests
 
 ROOT = Path(__file__).resolve().parents[2]
 KRONK = [sys.executable, "-m", "kronk.cli.main"]
 # Variables from the developer's shell that would change what the CLI does.
 _DROP = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "RAY_ADDRESS")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ succeeds and one that fails. Ray reports metrics every second here (RAY_metrics_
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from types import SimpleNamespace
@@ -20,6 +19,7 @@ import pytest
 from kronk.telemetry import prometheus, specs
 from kronk.telemetry.buckets import context_bucket
 from kronk.telemetry.stats import Histogram
+from tests.helpers import sse_usage
 from tests.hubserver import HubServer, make_gguf
 from tests.integration.cli_utils import clean_env, kronk_json
 from tests.integration.utils import serve_app
@@ -55,12 +55,6 @@ def app():
             os.environ.pop(REPORT_INTERVAL, None)
         else:
             os.environ[REPORT_INTERVAL] = old
-
-
-def sse_usage(text: str) -> dict[str, Any]:
-    events = [json.loads(line[6:]) for line in text.splitlines()
-              if line.startswith("data: ") and line != "data: [DONE]"]
-    return next(e["usage"] for e in reversed(events) if e.get("usage"))
 
 
 def pull(h: httpx.Client, ref: str) -> dict[str, Any]:

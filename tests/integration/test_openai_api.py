@@ -11,6 +11,7 @@ import jsonschema
 import openai
 import pytest
 
+from tests.helpers import openai_client
 from tests.integration.utils import serve_app
 from tests.waiting import until
 
@@ -30,7 +31,7 @@ def url():
 
 @pytest.fixture(scope="module")
 def client(url):
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai_client(url)
 
 
 def healthy(url: str) -> bool:

@@ -14,11 +14,11 @@ import threading
 import time
 
 import httpx
-import openai
 import pytest
 from ray import serve
 
 from deployments.app import build_app, wait_until_running
+from tests.helpers import openai_client
 from tests.integration.test_openai_api import (  # noqa: F401  (collected again, against this app)
     GEMMA,
     test_bad_input_gets_openai_error_and_server_stays_healthy,
@@ -49,7 +49,7 @@ def url(home):
 
 @pytest.fixture(scope="module")
 def client(url):
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai_client(url)
 
 
 def redeploy(url: str, home: str, **changes) -> None:

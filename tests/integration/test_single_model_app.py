@@ -10,11 +10,11 @@ from __future__ import annotations
 import threading
 
 import httpx
-import openai
 import pytest
 import ray
 from ray import serve
 
+from tests.helpers import openai_client
 from tests.integration.test_openai_api import (  # noqa: F401  (collected again, against this app)
     GEMMA,
     test_bad_input_gets_openai_error_and_server_stays_healthy,
@@ -37,7 +37,7 @@ def url():
 
 @pytest.fixture(scope="module")
 def client(url):
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai_client(url)
 
 
 def test_the_model_replica_is_the_only_deployment(url):

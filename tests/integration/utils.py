@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import tempfile
 from contextlib import contextmanager
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port
 
 
 @contextmanager

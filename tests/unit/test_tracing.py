@@ -7,7 +7,6 @@ HTTP span, the route, the model service's generate span and its phases, the SSE 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from kronk.settings import Settings
 from kronk.store import ModelStore, PullJobManager
 from kronk.telemetry import tracing
 from kronk.telemetry.metrics import Recorder
+from tests.helpers import sse_usage
 from tests.hubserver import HubServer, make_gguf
 from tests.models import gemma_path
 
@@ -62,12 +62,6 @@ def client(tmp_path_factory):
             yield c
     finally:
         engine.close()
-
-
-def sse_usage(text: str) -> dict:
-    events = [json.loads(line[6:]) for line in text.splitlines()
-              if line.startswith("data: ") and line != "data: [DONE]"]
-    return next(e["usage"] for e in reversed(events) if e.get("usage"))
 
 
 def by_name(exported) -> dict:
