@@ -352,7 +352,7 @@ class LlamaEngine(Engine):
                 self._finish(s, "stop", tail=False)
                 return
         job.out_text.append(text)
-        if job.guard is not None and job.guard.feed(tok, piece.isspace()):
+        if job.guard is not None and job.guard.feed(tok, piece):
             # a loop (a grammar keeps a small model from ending in many ways): end it, as if a limit was hit
             log.info("repetition guard ended %s after %d tokens: %s", req.request_id or "a request", job.n_gen,
                      job.guard.reason)

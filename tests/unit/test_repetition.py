@@ -9,11 +9,12 @@ import pytest
 from kronk.engine.repetition import MAX_PERIOD, MAX_WHITESPACE_RUN, MIN_SPAN, SPAN_PERIODS, RepetitionGuard
 
 
-def trip_index(tokens, guard=None, whitespace=()):
-    """1-based index of the token at which the guard trips (None: never)."""
+def trip_index(tokens, guard=None, pieces=None):
+    """1-based index of the token at which the guard trips (None: never); pieces: token -> bytes."""
     g = guard or RepetitionGuard()
+    pieces = pieces or {}
     for i, t in enumerate(tokens, 1):
-        if g.feed(t, t in whitespace):
+        if g.feed(t, pieces.get(t, b" word")):
             return i
     return None
 
@@ -85,20 +86,73 @@ def test_a_broken_cycle_starts_counting_again():
 
 
 def test_a_whitespace_run_trips_at_the_cap():
-    ws = set(range(10))
+    blank = {i: b" " * (i + 1) if i % 3 else b"\n" * i + b"\t" for i in range(1, 10)}
     rng = random.Random(2)
-    blanks = [rng.randrange(10) for _ in range(200)]  # varied blank tokens: no cycle
+    blanks = [rng.randrange(1, 10) for _ in range(200)]  # varied blank tokens: no cycle
     seq = [100, 101, 102, *blanks]
-    assert trip_index(seq, whitespace=ws) == 3 + MAX_WHITESPACE_RUN
+    g = RepetitionGuard()
+    assert trip_index(seq, guard=g, pieces=blank) == 3 + MAX_WHITESPACE_RUN
+    assert g.reason == f"{MAX_WHITESPACE_RUN} whitespace tokens in a row"
 
 
-def test_short_whitespace_runs_do_not_trip():
-    ws = {0, 1}
+def test_short_whitespace_runs_and_empty_pieces_do_not_trip():
+    pieces = {0: b" ", 1: b"\n  ", 2: b""}  # 2: a control token, no text
     seq = []
     for i in range(3000):  # indentation-like runs below the cap, between real tokens
         seq += [0, 1] * (i % (MAX_WHITESPACE_RUN // 2)) + [100 + i]
+    assert trip_index(seq, pieces=pieces) is None
+    rng = random.Random(3)
+    assert trip_index([rng.choice([2, 200 + i]) for i in range(3000)], pieces=pieces) is None
+
+
+# --- counting loops: the same words around a number that counts up --------------------
+BAR, QUESTION, SPACE, MARK, OPEN, CLOSE, COMMA = 1, 2, 3, 4, 5, 6, 7
+PIECES = {BAR: b"|", QUESTION: b" Question", SPACE: b" ", MARK: b"?", OPEN: b"[", CLOSE: b"]", COMMA: b","}
+PIECES.update({10 + d: str(d).encode() for d in range(10)})
+
+
+def digits(k):
+    return [10 + int(c) for c in str(k)]  # one token per digit, as SmolLM2 and Gemma tokenize numbers
+
+
+def test_a_counting_loop_trips():
+    # "| Question 1?| Question 2?| ..." inside one JSON string: SmolLM2 wrote this until its context was full
+    seq = [t for k in range(1, 1000) for t in (BAR, QUESTION, SPACE, *digits(k), MARK)]
     g = RepetitionGuard()
-    assert trip_index(seq, guard=g, whitespace=ws) is None
+    i = trip_index(seq, guard=g, pieces=PIECES)
+    assert i is not None and g.reason.startswith("a counting cycle of 6 tokens")
+    # it trips once the cycle covers twice the exact span: within the first 24 two-digit numbers
+    # (9 one-digit numbers take 5 tokens each)
+    assert g.reason.endswith(f"over {2 * MIN_SPAN} tokens")
+    assert 2 * MIN_SPAN <= i <= 9 * 5 + 24 * 6
+
+
+def test_numbers_alone_never_trip_as_a_counting_loop():
+    # a JSON list of numbers counting up has no word in its cycle: a list, not a loop
+    seq = [OPEN] + [t for k in range(100, 999) for t in (*digits(k), COMMA, SPACE)]
+    assert trip_index(seq, pieces=PIECES) is None
+
+
+def test_records_whose_numbers_vary_never_trip():
+    # [{"x": 3, "y": 7}, {"x": 1, "y": 4}, ...]: two numbers change from copy to copy
+    pieces = {**PIECES, 40: b'{"', 41: b"x", 42: b'":', 43: b' "', 44: b"y", 45: b"}"}
+    rng = random.Random(4)
+    seq = [OPEN]
+    for _ in range(2000):
+        seq += [40, 41, 42, SPACE, 10 + rng.randrange(10), COMMA, 43, 44, 42, SPACE, 10 + rng.randrange(10),
+                45, COMMA, SPACE]
+    assert trip_index(seq, pieces=pieces) is None
+    # while only one of them counting, the rest equal, is a counting loop
+    seq = [OPEN] + [t for k in range(100, 999) for t in (40, 41, 42, SPACE, *digits(k), COMMA, 43, 44, 42,
+                                                         SPACE, 10, 45, COMMA, SPACE)]
+    assert trip_index(seq, pieces=pieces) is not None
+
+
+def test_an_exact_cycle_of_digits_with_words_is_caught_as_an_exact_cycle():
+    seq = [t for _ in range(100) for t in (QUESTION, SPACE, *digits(42), MARK)]
+    g = RepetitionGuard()
+    assert trip_index(seq, guard=g, pieces=PIECES) == MIN_SPAN
+    assert g.reason.startswith("a cycle of 5 token(s)")
 
 
 def test_thresholds_are_validated():
@@ -112,5 +166,6 @@ def test_memory_stays_bounded():
     g = RepetitionGuard()
     for t in range(100_000):
         g.feed(t)
-    assert len(g._hist) < 2 * MAX_PERIOD
+    assert len(g._exact.hist) < 2 * MAX_PERIOD and len(g._counting.hist) < 2 * MAX_PERIOD
+    assert len(g._words) < 2 * MAX_PERIOD
     assert g.n_tokens == 100_000 and not g.tripped
