@@ -147,7 +147,7 @@ class Ingress:
     def __init__(self, handles: dict[str, DeploymentHandle], settings_args: dict[str, Any]):
         self.settings = Settings.from_resolved(settings_args)
         self.backend = ServeBackend(handles, self.settings)
-        tracing.setup()
+        tracing.setup(on=self.settings.otel)
         self.recorder, self._publisher = http_recorder()
 
     def __serve_build_asgi_app__(self) -> Any:

@@ -115,7 +115,7 @@ class LlamaReplica:
         self.service = None
         self._publisher = None
         self.stream_interval_s = self.settings.stream_interval_ms / 1000  # coalescing for the handle hop
-        tracing.setup()
+        tracing.setup(on=self.settings.otel)
         t0 = time.perf_counter()
         try:
             self.service = load_service(self.settings, own)

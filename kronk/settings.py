@@ -194,6 +194,8 @@ class Settings(BaseSettings):
         default=100, ge=0, description="How often a model replica sends a streaming request's items across the "
         "Serve handle hop, in ms (0: every item at once).")
     llama_log: bool = Field(default=False, description="Show llama.cpp's own log.")
+    otel: bool = Field(default=False, description="OpenTelemetry tracing on, with the OTLP exporter's defaults "
+                       "(it is also on when the standard OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER ask).")
 
     # NoDecode: KRONK_MODELS may be `a,b` as well as JSON (decoded in _models_from_names)
     models: Annotated[list[ModelConfig], NoDecode] = Field(

@@ -23,7 +23,7 @@ class ModelManager:
         self.settings = Settings.from_resolved(settings_args or {})
         self.catalog_ = Catalog.load(self.settings)
         self.store = ModelStore(self.settings, catalog=self.catalog_)
-        tracing.setup("kronk")
+        tracing.setup("kronk", on=self.settings.otel)
         self.recorder = Recorder("manager", "model-manager")
         self.jobs_ = PullJobManager(store=self.store, recorder=self.recorder)
 

@@ -4,7 +4,7 @@
 manager, in-process servers) builds a TracerProvider only when the standard
 ``OTEL_*`` variables ask for traces (``OTEL_TRACES_EXPORTER`` other than
 ``none``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``)
-or ``KRONK_OTEL=1``; otherwise :func:`enabled` is False and kronk's code skips
+or kronk's ``otel`` setting (``KRONK_OTEL=1``, ``--otel``); otherwise :func:`enabled` is False and kronk's code skips
 every tracing call (not even the no-op tracer runs). The exporter is OTLP over
 HTTP/protobuf (``OTEL_EXPORTER_OTLP_*`` configure it), or ``console``.
 
@@ -35,17 +35,20 @@ def wanted_by_env(env: Mapping[str, str] = os.environ) -> bool:
     exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     if exporter == "none" or env.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return False
-    return bool(exporter or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                or env.get("KRONK_OTEL", "").lower() in ("1", "true", "yes", "on"))
+    return bool(exporter or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def setup(service: str = "kronk") -> bool:
-    """Configure tracing from the environment once per process; True when traces are on."""
+def setup(service: str = "kronk", on: bool = False) -> bool:
+    """Configure tracing once per process, when ``on`` (the ``otel`` setting) or the standard OTEL_* variables
+    ask for it (OTEL_TRACES_EXPORTER=none or OTEL_SDK_DISABLED=true turn it off); True when traces are on."""
     global _configured
     if _configured:
         return enabled()
     _configured = True
-    if not wanted_by_env():
+    env = os.environ
+    disabled = env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none" or \
+        env.get("OTEL_SDK_DISABLED", "").lower() == "true"
+    if disabled or not (on or wanted_by_env()):
         return False
     try:
         from opentelemetry import trace

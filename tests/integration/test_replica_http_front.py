@@ -1,10 +1,10 @@
 """``http_front: replica`` (what `kronk server start` runs for one local model): Serve runs no HTTP proxy and the
 model's replicas listen on the port themselves (deployments/direct_http.py).
 
-The request-path tests of test_openai_api.py run again against it (pytest collects the imported tests here,
-with this module's fixtures), then what only this front has to get right: no proxy, the model at normal
-priority, an update that lets running streams finish on the old replica, a crashed replica's replacement,
-with no connection refused in either, and a fixed count of replicas sharing the port.
+The request-path tests of test_routing_ingress.py (and a completions test) run again against it (pytest
+collects the imported tests here, with this module's fixtures), then what only this front has to get right: no
+proxy, the model at normal priority, an update that lets running streams finish on the old replica, a crashed
+replica's replacement, with no connection refused in either, and a fixed count of replicas sharing the port.
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ import pytest
 from ray import serve
 
 from deployments.app import build_app, wait_until_running
-from tests.helpers import openai_client
-from tests.integration.test_openai_api import (  # noqa: F401  (collected again, against this app)
-    GEMMA,
-    test_bad_input_gets_openai_error_and_server_stays_healthy,
-    test_completions_streamed_and_not,
+from tests.helpers import GEMMA, openai_client
+from tests.integration.test_routing_ingress import (  # noqa: F401  (collected again, against this app)
+    test_bad_input_gets_its_envelope_and_the_server_stays_healthy,
     test_disconnect_mid_stream_frees_the_slot,
-    test_embeddings_shape_order_and_norm,
+    test_embeddings_reach_the_model,
     test_latecomer_starts_while_long_streams_run,
 )
 from tests.integration.utils import serve_app
 from tests.processes import processes_named, thread_nices
+from tests.unit.test_api_completions import test_completions_streamed_and_not  # noqa: F401
 from tests.waiting import until
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
 """One served model: its replicas serve HTTP themselves (deployments/server.py), no routing ingress.
 
-The request-path tests of test_openai_api.py run again against this application
+The request-path tests of test_routing_ingress.py (and a completions test) run again against this application
 shape (pytest collects the imported tests here, with this module's fixtures),
 plus what only this shape has to get right on its own.
 """
@@ -14,15 +14,15 @@ import pytest
 import ray
 from ray import serve
 
-from tests.helpers import openai_client
-from tests.integration.test_openai_api import (  # noqa: F401  (collected again, against this app)
-    GEMMA,
-    test_bad_input_gets_openai_error_and_server_stays_healthy,
-    test_completions_streamed_and_not,
+from tests.helpers import GEMMA, openai_client
+from tests.integration.test_routing_ingress import (  # noqa: F401  (collected again, against this app)
+    test_bad_input_gets_its_envelope_and_the_server_stays_healthy,
     test_disconnect_mid_stream_frees_the_slot,
+    test_embeddings_reach_the_model,
     test_latecomer_starts_while_long_streams_run,
 )
 from tests.integration.utils import serve_app
+from tests.unit.test_api_completions import test_completions_streamed_and_not  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
