@@ -8,7 +8,7 @@ import tempfile
 from contextlib import contextmanager
 from typing import Any
 
-from kronk.cli.procs import free_port, wait_healthy
+from kronk.processes import free_port, wait_healthy
 
 
 def wait_health(url: str, timeout_s: float = 300, proc: subprocess.Popen | None = None) -> None:

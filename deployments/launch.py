@@ -28,13 +28,10 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
-import psutil
 import ray
 from ray import serve
 
@@ -42,6 +39,7 @@ from deployments.app import build_app_from_settings, replica_front_problem, reso
 from deployments.listener import SUPPORTED as LISTENER_SUPPORTED
 from deployments.listener import ListenerKeeper
 from deployments.ray_env import apply_ray_env, lower_ray_services
+from kronk.processes import descendants, terminate, wait_healthy
 from kronk.settings import Settings, load_settings
 
 APP_NAME = "kronk"  # the Serve application's name, and the Ray namespace of the driver
@@ -114,41 +112,6 @@ def _signals_around_ray_init() -> Iterator[None]:
             signal.signal(signal.SIGTERM, old_term)
 
 
-def _descendants() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
-
-
-def _terminate(pids: set[int], grace_s: float) -> None:
-    """SIGTERM, then SIGKILL what is left after ``grace_s``."""
-    procs = []
-    for pid in pids:
-        try:
-            p = psutil.Process(pid)
-            p.terminate()
-            procs.append(p)
-        except psutil.Error:  # gone already
-            pass
-    _, left = psutil.wait_procs(procs, timeout=grace_s)
-    for p in left:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(left, timeout=5.0)
-
-
-def _wait_healthy(url: str, timeout_s: float, poll_s: float = 0.25) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=2.0, trust_env=False).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(poll_s)
-    return False
-
-
 class Launch:
     """Ray + Serve + kronk's app, started by :meth:`start` and stopped by :meth:`stop` (see the module's doc).
 
@@ -195,7 +158,7 @@ class Launch:
         self.say(f"deploying {names} (models in {s.models_path}; HTTP taken by {taker})")
         serve.run(build_app_from_settings(s), name=APP_NAME, route_prefix="/", blocking=False)
         wait_until_running(APP_NAME, self.start_timeout_s)
-        if not _wait_healthy(self.url, self.health_timeout_s):
+        if not wait_healthy(self.url, self.health_timeout_s):
             raise TimeoutError(f"the application is running but {self.url}/health does not answer")
         return self.url
 
@@ -208,7 +171,7 @@ class Launch:
             cpus = self.num_cpus or max(os.cpu_count() or 1, cpus_needed(self.settings))
             self.say(f"starting a local Ray cluster ({cpus} logical CPUs)")
             where: dict[str, Any] = {"address": "local", "num_cpus": cpus, "include_dashboard": False}
-            self._before = _descendants()
+            self._before = set(descendants(os.getpid()))
         else:
             self.say(f"joining the Ray cluster at {self.settings.address}")
             where = {"address": self.settings.address}
@@ -222,7 +185,7 @@ class Launch:
         if self._stopped:
             return
         self._stopped = True
-        left_behind = _descendants() - self._before if self._before is not None else set()
+        left_behind = set(descendants(os.getpid())) - self._before if self._before is not None else set()
         try:
             if self._ray_started:
                 self.say("shutting down")
@@ -235,7 +198,7 @@ class Launch:
             except Exception as e:
                 self.say(f"Ray shutdown failed: {e}")
             if left_behind:  # whatever the local Ray left (helper processes) goes too
-                _terminate(left_behind, grace_s=3.0)
+                terminate(sorted(left_behind), grace_s=3.0)
         finally:
             if self._keeper is not None:
                 self._keeper.close()

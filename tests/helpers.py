@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import uvicorn
 
-from kronk.cli.procs import free_port
+from kronk.processes import free_port
 
 __all__ = ["GEMMA", "SMOL", "free_port", "http_server", "openai_client", "sse_events", "sse_usage"]
 

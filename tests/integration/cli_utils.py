@@ -14,7 +14,8 @@ from typing import Any
 
 import httpx
 
-from kronk.cli.procs import alive, free_port, session_members  # noqa: F401 - the CLI's own process helpers, used by the tests
+from kronk.cli.procs import alive, session_members  # noqa: F401 - the CLI's own process checks, used by the tests
+from kronk.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KRONK = [sys.executable, "-m", "kronk.cli.main"]

@@ -15,6 +15,7 @@ import pytest
 
 from tests.helpers import GEMMA, SMOL, openai_client
 from tests.integration.utils import serve_app
+from tests.unit.test_api_chat import test_chat_non_streamed_and_streamed_agree  # noqa: F401 (through the hop)
 from tests.waiting import until
 
 pytestmark = pytest.mark.slow
@@ -47,29 +48,6 @@ def test_two_models_are_listed(client):
     ids = {m.id for m in client.models.list() if getattr(m, "served", True)}
     assert {GEMMA, SMOL} <= ids
     assert client.models.retrieve(GEMMA).id == GEMMA
-
-
-def test_chat_non_streamed_and_streamed_agree(client):
-    msgs = [{"role": "user", "content": "Name three colors."}]
-    r = client.chat.completions.create(model=SMOL, messages=msgs, temperature=0, max_tokens=24)
-    assert r.object == "chat.completion" and len(r.choices) == 1
-    assert r.choices[0].finish_reason in ("stop", "length")
-    assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 5
-    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
-    assert r.id.startswith("chatcmpl-") and r.system_fingerprint
-
-    text, usage, finish = "", None, None
-    for ch in client.chat.completions.create(model=SMOL, messages=msgs, temperature=0, max_tokens=24,
-                                             stream=True, stream_options={"include_usage": True}):
-        if ch.choices:
-            text += ch.choices[0].delta.content or ""
-            finish = ch.choices[0].finish_reason or finish
-        if ch.usage:
-            usage = ch.usage
-    assert text == r.choices[0].message.content
-    assert finish == r.choices[0].finish_reason
-    assert usage.completion_tokens == r.usage.completion_tokens
-    assert usage.prompt_tokens == r.usage.prompt_tokens
 
 
 def test_embeddings_reach_the_model(client):
