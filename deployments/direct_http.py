@@ -38,6 +38,7 @@ class DirectHTTPServer:
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         self._server = uvicorn.Server(uvicorn.Config(
             app, host=host, port=port, lifespan="off", access_log=False, log_config=None,
+            proxy_headers=False,  # never take the client address from X-Forwarded-For (docs/security.md)
             timeout_keep_alive=90,  # longer than common client pools keep idle connections (OpenAI SDK: 60s)
             timeout_graceful_shutdown=None))
         self._task: asyncio.Task | None = None

@@ -14,12 +14,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.board import get_board, start_publisher_in_actor
-from deployments.llm import deployment_name
+from deployments.llm import BACKPRESSURE_RETRY_AFTER_S, deployment_name
 from kronk.api.app import create_app
 from kronk.api.errors import unwrap
+from kronk.api.limits import Limits
+from kronk.errors import EngineOverloaded
+from kronk.security.access import Access
 from kronk.serving.backend import model_card, stats_of
 from kronk.serving.call import Call
 from kronk.serving.items import Failure, Item
@@ -29,6 +34,8 @@ from kronk.telemetry.board import Publisher
 from kronk.telemetry.metrics import Recorder
 
 APP_NAME = "kronk"
+# Retry-After of a request whose model replica died under it (Serve starts a replacement).
+REPLICA_RETRY_AFTER_S = 5.0
 
 
 class ActorModelOps:
@@ -123,12 +130,27 @@ class ServeBackend:
             async for item in gen:
                 yield item
             finished = True
-        except Exception as e:  # the replica died, or Serve could not reach one
+        except Exception as e:  # Serve's queue turned it away, the replica died, or Serve could not reach one
             finished = True
-            yield Failure.of(unwrap(e))
+            yield Failure.of(self._told(call.model, unwrap(e)))
         finally:
             if not finished:
                 gen.cancel()  # the client went away: stop the generation in the replica
+
+    @staticmethod
+    def _told(model: str, err: BaseException) -> BaseException:
+        """What the client hears of a Ray or Serve error on the hop: a 503 with Retry-After where retrying helps
+        (Serve's queue for the model is full; the model's replica died or cannot be reached, and Serve is
+        replacing it), the error itself otherwise (a KronkError as it is, anything else a 500)."""
+        if isinstance(err, BackPressureError):
+            after = err.retry_after_s or BACKPRESSURE_RETRY_AFTER_S
+            return EngineOverloaded(f"{model} is at capacity: every replica is busy and Serve's queue for it is "
+                                    f"full ({err.message}). Retry after about {after:.0f} s.", retry_after_s=after)
+        if isinstance(err, RayActorError | DeploymentUnavailableError):
+            return EngineOverloaded(f"{model}'s replica stopped or cannot be reached ({type(err).__name__}); Serve "
+                                    f"replaces it. Retry after about {REPLICA_RETRY_AFTER_S:.0f} s.",
+                                    code="replica_unavailable", retry_after_s=REPLICA_RETRY_AFTER_S)
+        return err
 
     def model_ops(self) -> ActorModelOps:
         return self._ops
@@ -152,8 +174,8 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> Any:
         """This replica's app (Serve calls it after __init__): its own backend, keys and recorder."""
-        return create_app(self.backend, api_keys=[k.get_secret_value() for k in self.settings.api_keys],
-                          recorder=self.recorder)
+        return create_app(self.backend, access=Access.from_settings(self.settings), recorder=self.recorder,
+                          limits=Limits.from_settings(self.settings))
 
     def __del__(self) -> None:
         pub = getattr(self, "_publisher", None)

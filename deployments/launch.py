@@ -5,8 +5,10 @@
 ``kronk_serve``) all run :class:`Launch` (or :func:`launched`, its ``with`` form):
 
 1. Ray: a local cluster this process starts, with Ray's env from deployments/ray_env.py
-   (less background CPU) and SIGINT ignored by Ray's helper processes; or join
-   ``settings.address``;
+   (less background CPU), SIGINT ignored by Ray's helper processes, every Ray process
+   listening on loopback only, and Ray's token authentication on (refused when it is off,
+   unless ``settings.insecure``); or join ``settings.address``. Either way the GCS must then
+   refuse a client without the token (docs/security.md, "Ray's control plane");
 2. the HTTP front (``auto`` -> ``replica`` where one local model allows it,
    deployments/app.py: resolve_http_front);
 3. on a local Ray: this process binds the port and keeps it for the replicas
@@ -29,7 +31,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import ray
@@ -38,12 +40,24 @@ from ray import serve
 from deployments.app import build_app_from_settings, replica_front_problem, resolve_http_front, wait_until_running
 from deployments.listener import SUPPORTED as LISTENER_SUPPORTED
 from deployments.listener import ListenerKeeper
-from deployments.ray_env import apply_ray_env, lower_ray_services
+from deployments.ray_env import (
+    INSECURE_HINT,
+    apply_ray_env,
+    gcs_answers_without_token,
+    is_loopback_address,
+    loopback_node,
+    lower_ray_services,
+    token_auth_problem,
+)
 from kronk.processes import descendants, terminate, wait_healthy
 from kronk.settings import Settings, load_settings
 
 APP_NAME = "kronk"  # the Serve application's name, and the Ray namespace of the driver
 log = logging.getLogger("kronk.launch")
+
+
+class InsecureRay(RuntimeError):
+    """Ray's control plane would be open to anyone who reaches its ports (the message says how to fix it)."""
 
 
 def check(settings: Settings) -> str | None:
@@ -167,18 +181,50 @@ class Launch:
         if not sys.stderr.isatty():
             os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # plain log files
         if self.local:
+            if problem := token_auth_problem():  # before anything starts
+                self._insecure(problem)
             apply_ray_env()  # before ray.init: Ray's processes read it when they start
             cpus = self.num_cpus or max(os.cpu_count() or 1, cpus_needed(self.settings))
-            self.say(f"starting a local Ray cluster ({cpus} logical CPUs)")
-            where: dict[str, Any] = {"address": "local", "num_cpus": cpus, "include_dashboard": False}
+            self.say(f"starting a local Ray cluster ({cpus} logical CPUs, listening on loopback only)")
             self._before = set(descendants(os.getpid()))
+            with loopback_node() as node_ip, _signals_around_ray_init():
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address=node_ip,
+                         namespace=APP_NAME, runtime_env=self.runtime_env, log_to_driver=self.log_to_driver,
+                         configure_logging=False)
         else:
             self.say(f"joining the Ray cluster at {self.settings.address}")
-            where = {"address": self.settings.address}
-        with _signals_around_ray_init():
-            ray.init(**where, namespace=APP_NAME, runtime_env=self.runtime_env, log_to_driver=self.log_to_driver,
-                     configure_logging=False)
+            # a cluster on this machine's loopback: this process's node address stays loopback as well
+            node = loopback_node() if is_loopback_address(self.settings.address) else nullcontext()
+            with node as node_ip, _signals_around_ray_init():
+                ray.init(address=self.settings.address, _node_ip_address=node_ip, namespace=APP_NAME,
+                         runtime_env=self.runtime_env, log_to_driver=self.log_to_driver, configure_logging=False)
         self._ray_started = True
+        self._check_ray_token()
+
+    def _check_ray_token(self) -> None:
+        """The GCS of the Ray this process started or joined must refuse a client without the token: else
+        anyone who reaches it runs code as the server (refused unless ``settings.insecure``). Through Ray
+        Client (a ``ray://`` address) there is no GCS to ask: the operator must make sure (docs/security.md)."""
+        if self.settings.address and self.settings.address.startswith("ray://"):
+            self.say(f"{self.settings.address} is reached through Ray Client: make sure that cluster runs with "
+                     "RAY_AUTH_MODE=token (docs/security.md)")
+            return
+        gcs = ray.get_runtime_context().gcs_address
+        if not gcs_answers_without_token(gcs):
+            return
+        if self.local:
+            fix = "Ray's token authentication is off (RAY_AUTH_MODE); unset RAY_AUTH_MODE or set it to token"
+        else:
+            fix = ("start every node of that cluster with RAY_AUTH_MODE=token and one token (RAY_AUTH_TOKEN, "
+                   "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), and give this process the same")
+        self._insecure(f"the Ray GCS at {gcs} answers clients without a token, so anyone who reaches it can run "
+                       f"code as this server: {fix}")
+
+    def _insecure(self, problem: str) -> None:
+        """Refuse (InsecureRay, with how to fix it) unless ``settings.insecure``: then only warn."""
+        if not self.settings.insecure:
+            raise InsecureRay(f"{problem}, {INSECURE_HINT}")
+        self.say(f"WARNING (--insecure): {problem}")
 
     def stop(self) -> None:
         """Stop what :meth:`start` started, as far as it got (once; later calls do nothing)."""

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
+from ray.serve.config import BackpressureConfig
 
 from deployments.board import start_publisher_in_actor
 from kronk.api.families import HANDLERS
@@ -35,7 +36,12 @@ from kronk.telemetry.metrics import Recorder
 
 log = logging.getLogger("ray.serve")
 
-MAX_CONCURRENT_BATCHES = 16
+# Batches running at once in a replica. Every call should reach the engine at once, whose bounded queue
+# (max_queued, queue_timeout_s) is the admission control: a cap here would hold the calls beyond it in Serve's
+# batch queue, unbounded and untimed (the replica's own HTTP front has no Serve limit in front of it).
+MAX_CONCURRENT_BATCHES = 1024
+# Retry-After of a request that Serve's own queue turns away (max_queued_requests).
+BACKPRESSURE_RETRY_AFTER_S = 2.0
 
 
 def deployment_name(model: str) -> str:
@@ -76,14 +82,21 @@ def load_service(settings: Settings, m: ModelConfig) -> ModelService:
 
 def deployment_options(m: ModelConfig) -> dict[str, Any]:
     """Serve options for one model, resolved (Settings.resolved_model: every value is set): name, resources,
-    autoscaling."""
+    admission, autoscaling.
+
+    Admission: a replica takes ``max_ongoing_requests`` at once (its engine runs ``parallel`` of them and lets
+    ``max_queued`` wait, shedding the rest with a 503); beyond that, requests wait in Serve's queue at each caller
+    (the routing ingress, Serve's proxy), at most ``max_queued`` of them (Serve has no 0: at least 1), and more get
+    Serve's BackPressureError: a 503 with Retry-After from the proxy, and from the routing ingress (ServeBackend)."""
     actor: dict[str, Any] = {"num_cpus": m.num_cpus}
     if m.num_gpus:
         actor["num_gpus"] = m.num_gpus
     if m.resources:
         actor["resources"] = dict(m.resources)
     opts: dict[str, Any] = {"name": deployment_name(m.name), "ray_actor_options": actor,
-                            "max_ongoing_requests": m.max_ongoing_requests}
+                            "max_ongoing_requests": m.max_ongoing_requests,
+                            "max_queued_requests": max(1, m.max_queued),
+                            "backpressure_config": BackpressureConfig(retry_after_s=BACKPRESSURE_RETRY_AFTER_S)}
     if m.max_replicas > m.min_replicas or m.min_replicas == 0:
         opts["autoscaling_config"] = {
             "min_replicas": m.min_replicas, "initial_replicas": m.initial_replicas, "max_replicas": m.max_replicas,
@@ -152,6 +165,8 @@ class LlamaReplica:
 
     # ------------------------------------------------------------------ info
     async def info(self) -> dict[str, Any]:
+        """The replica's info for its internal callers (over the handle): with where it runs (node id, pid) and
+        the GGUF's path; clients see only kronk.serving.backend.public_info of it."""
         import ray
 
         where = {"replica": serve.get_replica_context().replica_tag,

@@ -25,6 +25,14 @@ They are defaults: a value already in the environment wins. Ray reads them when
 its processes start, so they are applied before ``ray.init`` (``kronk server
 start``, the benchmarks, the tests); for ``serve run serve_config.yaml`` export
 them in the shell (see docs/configuration.md).
+
+Ray's control plane (docs/security.md, "Ray's control plane"): whoever reaches Ray's
+ports (the GCS, raylets, workers, the dashboard agent) can run code as the server, unless
+Ray's token authentication turns them away. So the local cluster kronk starts listens on
+loopback only (:func:`loopback_node`), kronk refuses to start when the token
+authentication is off (:func:`token_auth_problem`), and checks after Ray started that its
+GCS refuses a client without the token (:func:`gcs_answers_without_token`), on a joined
+cluster too.
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -118,3 +127,82 @@ def lower_ray_services(nice: int = 19, root: int | None = None) -> list[int]:
             lowered.append(proc.pid)
     log.debug("Ray service processes at nice %d: %s", nice, lowered)
     return lowered
+
+
+# ---------------------------------------------------------------------------- Ray's control plane
+
+LOOPBACK = "127.0.0.1"
+# Ray's processes listen on loopback only when their node's address is exactly this one (the GCS, raylet and
+# core workers: `node_ip_address == "127.0.0.1"`; the agents, metrics exporters and dashboard likewise). But
+# ray.init turns a loopback `_node_ip_address` into the machine's address, unless Ray runs in its single-machine
+# mode, the one it uses on macOS and Windows: this variable at 0 (read when `ray` is imported, into
+# ray._private.ray_constants.ENABLE_RAY_CLUSTER).
+SINGLE_MACHINE_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+AUTH_MODE_VAR = "RAY_AUTH_MODE"  # Ray 2.52+: "token" turns token authentication on; 2.60 does for ray.init()
+GCS_PROBE_METHOD = "/ray.rpc.NodeInfoGcsService/GetAllNodeInfo"  # a harmless read every GCS serves
+INSECURE_HINT = "or start with --insecure true (KRONK_INSECURE=1) to accept the risk (docs/security.md)"
+
+
+@contextmanager
+def loopback_node() -> Iterator[str]:
+    """Around ``ray.init`` of a local cluster: Ray in its single-machine mode, so that the node address
+    :data:`LOOPBACK` (yielded, for ``_node_ip_address``) stays loopback and every Ray process of the cluster
+    listens on loopback only. Restored after: this process may join or start other clusters later."""
+    from ray._private import ray_constants
+
+    before_env, before_const = os.environ.get(SINGLE_MACHINE_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE_VAR] = "0"  # Ray's processes started now read it when they import ray
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported ray already
+    try:
+        yield LOOPBACK
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_const
+        if before_env is None:
+            os.environ.pop(SINGLE_MACHINE_VAR, None)
+        else:
+            os.environ[SINGLE_MACHINE_VAR] = before_env
+
+
+def is_loopback_address(address: str) -> bool:
+    """Whether a Ray address (``host:port``; not ``ray://``, ``auto`` or ``local``) names this machine's loopback:
+    a cluster that listens there is joined with :func:`loopback_node` too (Ray would otherwise turn the address
+    into the machine's, where nothing listens)."""
+    import ipaddress
+
+    host = address.rpartition(":")[0].strip("[]").lower() if "://" not in address else ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def token_auth_problem(environ: Mapping[str, str] | None = None) -> str | None:
+    """Why a local Ray that ``ray.init`` starts with this environment would run without token authentication
+    (None: it will have it). Ray 2.60 turns it on for a new local cluster unless RAY_AUTH_MODE says otherwise
+    (and makes a token, ~/.ray/auth_token, when there is none)."""
+    env = os.environ if environ is None else environ
+    mode = env.get(AUTH_MODE_VAR)
+    if mode is None or mode.strip().lower() == "token":
+        return None
+    return (f"{AUTH_MODE_VAR}={mode} turns Ray's token authentication off, and then anyone who reaches Ray's "
+            f"ports can run code as this server; unset {AUTH_MODE_VAR} (or set it to token)")
+
+
+def gcs_answers_without_token(address: str, timeout_s: float = 10.0) -> bool:
+    """Whether the GCS at ``address`` (host:port) answers a client that sends no token: one plain gRPC call
+    (none of Ray's interceptors), a harmless read. False when it refuses it as unauthenticated. Raises
+    ``ConnectionError`` when the GCS cannot be asked at all."""
+    import grpc
+
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(GCS_PROBE_METHOD, request_serializer=None, response_deserializer=None)
+        try:
+            call(b"", timeout=timeout_s)  # an empty message: every field at its default
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                return False
+            raise ConnectionError(f"cannot ask the Ray GCS at {address} whether it needs a token: "
+                                  f"{e.code().name} {e.details()}") from None
+    return True

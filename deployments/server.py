@@ -21,6 +21,8 @@ from deployments.direct_http import DirectHTTPServer
 from deployments.ingress import ActorModelOps, ReplicaCounts, board_snapshots, http_recorder
 from deployments.llm import DEPLOYMENT_DEFAULTS, LlamaReplica
 from kronk.api.app import create_app
+from kronk.api.limits import Limits
+from kronk.security.access import Access
 from kronk.serving.local import LocalBackend
 
 # The replica also answers /health, /metrics, /v1/models, pulls ...: room for those beyond the model's own
@@ -49,8 +51,8 @@ class LlamaServerReplica(LlamaReplica):
     async def __serve_build_asgi_app__(self) -> Any:
         """This replica's app (Serve calls it after __init__, once the engine has loaded or failed to: then
         every request gets the reason, as through the proxy)."""
-        app = create_app(self.backend, api_keys=[k.get_secret_value() for k in self.settings.api_keys],
-                         recorder=self.recorder)
+        app = create_app(self.backend, access=Access.from_settings(self.settings), recorder=self.recorder,
+                         limits=Limits.from_settings(self.settings))
         if self.settings.http_front == "replica":
             self._direct = DirectHTTPServer(app, self.settings.host, self.settings.port)
             self._direct.start()

@@ -7,6 +7,7 @@ They are plain picklable exceptions so they survive a Ray handle hop.
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
 
@@ -20,8 +21,12 @@ class ErrorKind(Enum):
     NOT_FOUND = (404, "not_found_error")
     MODEL_NOT_FOUND = (404, "invalid_request_error")
     CONFLICT = (409, "conflict_error")
+    PAYLOAD_TOO_LARGE = (413, "invalid_request_error")
+    MEDIA_TYPE = (415, "invalid_request_error")
+    RATE_LIMIT = (429, "rate_limit_error")
     SERVER = (500, "server_error")
     UNAVAILABLE = (503, "server_error")
+    INSUFFICIENT_STORAGE = (507, "server_error")
 
     @property
     def status(self) -> int:
@@ -37,13 +42,17 @@ class KronkError(Exception):
 
     kind: ErrorKind = ErrorKind.SERVER
     code: str | None = None
+    retry_after_s: float | None = None  # when to try again (a 503/429's Retry-After header), if known
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after_s: float | None = None):
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
     def __reduce__(self):  # keep param/code across pickling (Ray)
         return (_rebuild, (type(self), self.message, self.param, self.code, self.__dict__))
@@ -69,13 +78,23 @@ class ContextLengthExceeded(KronkError):
     kind = ErrorKind.CONTEXT_LENGTH
     code = "context_length_exceeded"
 
-    def __init__(self, n_prompt: int, n_ctx: int, *, param: str | None = "messages"):
-        super().__init__(
-            f"This model's maximum context length is {n_ctx} tokens, but the prompt has {n_prompt} "
-            f"tokens. Shorten the prompt (or raise the model's ctx_size).",
-            param=param,
-        )
-        self.n_prompt, self.n_ctx = n_prompt, n_ctx
+    def __init__(self, n_prompt: int, n_ctx: int, *, param: str | None = "messages", n_completion: int | None = None,
+                 prompt_part: str = "the messages"):
+        if n_completion is None:
+            message = (f"This model's maximum context length is {n_ctx} tokens, but the prompt has {n_prompt} "
+                       f"tokens. Shorten the prompt (or raise the model's ctx_size).")
+        else:  # OpenAI's wording for a token limit that the context cannot hold
+            message = (f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+                       f"{n_prompt + n_completion} tokens ({n_prompt} in {prompt_part}, {n_completion} in the "
+                       f"completion). Please reduce the length of {prompt_part} or completion (no {param} at all "
+                       f"means the rest of the context).")
+        super().__init__(message, param=param)
+        self.n_prompt, self.n_ctx, self.n_completion = n_prompt, n_ctx, n_completion
+
+
+class PayloadTooLarge(KronkError):
+    kind = ErrorKind.PAYLOAD_TOO_LARGE
+    code = "request_too_large"
 
 
 class ModelNotFound(KronkError):
@@ -93,12 +112,30 @@ class Unauthorized(KronkError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(KronkError):
+    kind = ErrorKind.PERMISSION
+    code = "insufficient_scope"
+
+
+class UnsupportedMediaType(KronkError):
+    kind = ErrorKind.MEDIA_TYPE
+    code = "unsupported_media_type"
+
+
+class RateLimited(KronkError):
+    kind = ErrorKind.RATE_LIMIT
+    code = "rate_limit_exceeded"
+
+
 class Unsupported(KronkError):
     kind = ErrorKind.INVALID_REQUEST
     code = "unsupported"
 
 
 class EngineOverloaded(KronkError):
+    """The model cannot take the request now (its wait queue is full, the request waited too long, its replica
+    went away): a 503 whose ``retry_after_s`` becomes the Retry-After header."""
+
     kind = ErrorKind.UNAVAILABLE
     code = "overloaded"
 
@@ -106,3 +143,13 @@ class EngineOverloaded(KronkError):
 class EngineError(KronkError):
     kind = ErrorKind.SERVER
     code = "engine_error"
+
+
+# An absolute POSIX path (not a URL's path, not a repo id): its folders are dropped, its last name is kept.
+_ABS_DIRS = re.compile(r"(?<![\w.~/:-])/(?:[^\s/'\"`:,;()\[\]{}<>]+/)+")
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last name (``/srv/models/x/m.gguf`` -> ``m.gguf``): what a
+    client is told never shows where the server keeps its files."""
+    return _ABS_DIRS.sub("", text)

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 KV_CACHE_TYPES = ("f16", "bf16", "f32", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
@@ -57,6 +58,24 @@ def _json_or_list(v: Any) -> Any:
 def _json_object(v: Any) -> Any:
     """A flag's text for an object: JSON (``{"gpu_node": 0.1}``)."""
     return json.loads(v) if isinstance(v, str) else v
+
+
+# llama.cpp counts a context's cells (ctx_size x parallel) and positions in 32-bit integers.
+MAX_CONTEXT_CELLS = 2**31 - 1
+
+
+def batching_problems(parallel: int, batch_size: int, ctx_size: int) -> list[str]:
+    """What makes these engine settings impossible (empty: nothing). Settings checks every model's resolved
+    values with it, kronk.engine.config.EngineConfig too (and adds its own engine-only rules)."""
+    out = []
+    if parallel > batch_size:
+        out.append(f"parallel {parallel} is more than batch_size {batch_size} (each step decodes the next token "
+                   "of every slot in one llama_decode of at most batch_size tokens); raise batch_size to at "
+                   f"least {parallel} or lower parallel")
+    if ctx_size * parallel > MAX_CONTEXT_CELLS:
+        out.append(f"ctx_size x parallel = {ctx_size} x {parallel} is more than the {MAX_CONTEXT_CELLS} context "
+                   "cells llama.cpp can address; lower ctx_size or parallel")
+    return out
 
 
 class ModelConfig(BaseModel):
@@ -105,6 +124,10 @@ class ModelConfig(BaseModel):
     look_back_period_s: float | None = Field(
         default=None, gt=0, description="Autoscaling: the window the load is averaged over; load is reported at "
         "least twice per window.")
+    max_queued: int | None = Field(
+        default=None, ge=0, description="Requests that may wait for a slot per replica, beyond the running ones.")
+    queue_timeout_s: float | None = Field(
+        default=None, ge=0, description="Longest wait for a slot, in seconds (0: no limit).")
 
     @property
     def model_source(self) -> str:
@@ -130,7 +153,15 @@ class Settings(BaseSettings):
     hf_endpoint: str | None = Field(default=None, description="Hugging Face Hub endpoint (also HF_ENDPOINT).")
     # NoDecode: KRONK_API_KEYS may be `k1,k2` as well as a JSON list (decoded in _keys_from_text)
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list, description="API keys required from non-local clients.")
+        default_factory=list, description="API keys (admin scope); when any key is configured, every request "
+        "needs one.")
+    # NoDecode: KRONK_ALLOWED_HOSTS may be `a,b` as well as a JSON list (decoded in _keys_from_text)
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host names (besides loopback ones) that requests may name in their "
+        "Host header when no API keys are configured.")
+    insecure: bool = Field(
+        default=False, description="Start even where that is unsafe: a non-loopback host without API keys, or "
+        "Ray's token authentication off.")
     log_level: str = Field(default="INFO", description="Log level.")
     ingress: Literal["auto", "router"] = Field(
         default="auto", description="auto: with one model (that does not scale to zero) its replicas serve "
@@ -188,6 +219,12 @@ class Settings(BaseSettings):
     look_back_period_s: float = Field(
         default=30.0, gt=0, description="Autoscaling: the window the load is averaged over; load is reported at "
         "least twice per window.")
+    max_queued: int = Field(
+        default=64, ge=0, description="Requests that may wait for a slot per model replica, beyond the running "
+        "ones; more get 503 with Retry-After.")
+    queue_timeout_s: float = Field(
+        default=120.0, ge=0, description="Longest wait for a slot, in seconds; a request that waited longer gets "
+        "503 with Retry-After (0: no limit).")
 
     # How replicas run (not per model).
     stream_interval_ms: int = Field(
@@ -196,6 +233,27 @@ class Settings(BaseSettings):
     llama_log: bool = Field(default=False, description="Show llama.cpp's own log.")
     otel: bool = Field(default=False, description="OpenTelemetry tracing on, with the OTLP exporter's defaults "
                        "(it is also on when the standard OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER ask).")
+
+    # Request limits: bounds on what a client controls (kronk/api/limits.py; docs/limits.md lists them with
+    # their answers). A request over one gets a 400 naming the field and the limit (413 for the body).
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest request body in bytes (larger: 413, never read "
+        "into memory).")
+    max_json_depth: int = Field(
+        default=64, ge=4, description="Deepest nesting of JSON objects and arrays in a request body.")
+    max_messages: int = Field(default=2048, ge=1, description="Most messages in one chat request.")
+    max_stop: int = Field(default=16, ge=1, description="Most stop sequences in one request.")
+    max_stop_length: int = Field(default=256, ge=1, description="Longest stop sequence, in characters.")
+    max_logit_bias: int = Field(default=1024, ge=1, description="Most logit_bias entries in one request.")
+    max_schema_bytes: int = Field(
+        default=64 * 1024, ge=256, description="Largest JSON schema (response_format, or one tool's parameters), "
+        "in bytes of compact JSON.")
+    max_schema_depth: int = Field(
+        default=32, ge=2, description="Deepest nesting of objects and arrays in a JSON schema (response_format, "
+        "tool parameters).")
+    max_tools: int = Field(default=128, ge=1, description="Most tools in one chat request.")
+    max_embedding_inputs: int = Field(default=256, ge=1, description="Most inputs in one embeddings request.")
+    max_model_name_length: int = Field(default=256, ge=8, description="Longest model name a request may send.")
 
     # NoDecode: KRONK_MODELS may be `a,b` as well as JSON (decoded in _models_from_names)
     models: Annotated[list[ModelConfig], NoDecode] = Field(
@@ -212,7 +270,7 @@ class Settings(BaseSettings):
             return [{"name": m} if isinstance(m, str) else m for m in v]
         return v
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_hosts", mode="before")
     @classmethod
     def _keys_from_text(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -250,6 +308,18 @@ class Settings(BaseSettings):
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"model names must be unique; repeated: {', '.join(sorted(dupes))}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_batching(self) -> Settings:
+        """Every model's batch settings are possible (batching_problems), so a server never starts with them."""
+        problems = []
+        for m in self.models:
+            values = [getattr(m, f) if getattr(m, f) is not None else getattr(self, f)
+                      for f in ("parallel", "batch_size", "ctx_size")]
+            problems += [f"model {m.name}: {p}" for p in batching_problems(*values)]
+        if problems:
+            raise PydanticCustomError("batch_settings", "; ".join(problems))
         return self
 
     @property

@@ -14,6 +14,7 @@ import pytest
 
 from kronk.api.app import create_app
 from kronk.api.families import HANDLERS
+from kronk.api.limits import Limits
 from kronk.engine import EngineConfig
 from kronk.engine.engine import LlamaEngine
 from kronk.serving.local import LocalBackend
@@ -39,7 +40,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Mod
 @pytest.fixture(scope="session")
 def api_url(services: dict[str, ModelService], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = Settings(home=tmp_path_factory.mktemp("kronk-home"))
-    with http_server(create_app(LocalBackend.of_services(services, settings))) as url:
+    with http_server(create_app(LocalBackend.of_services(services, settings),
+                                limits=Limits.from_settings(settings))) as url:
         yield url
 
 

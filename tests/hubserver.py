@@ -16,8 +16,11 @@ It serves in-memory repos on 127.0.0.1:<free port>:
 
 Knobs for tests: ``cut_after`` (drop the connection after N body bytes, once),
 ``corrupt`` (serve wrong bytes of the right length), ``hold`` (pause a file after N
-bytes until released), ``throttle_s`` (sleep per chunk), ``served`` (body bytes
-written per file) and ``requests`` (a log of what came in).
+bytes until released), ``throttle_s`` (sleep per chunk), ``oversend`` (append N bytes
+to a file's body beyond the size its metadata and ``Content-Range`` announce, with no
+``Content-Length``: the body ends when the connection closes; with
+``oversend_length`` the ``Content-Length`` counts the extra bytes too), ``served``
+(body bytes written per file) and ``requests`` (a log of what came in).
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ class HubServer:
         self.requests: list[dict[str, Any]] = []
         self.cut_after: dict[str, int] = {}
         self.corrupt: set[str] = set()
+        self.oversend: dict[str, int] = {}
+        self.oversend_length = False
         self.holds: dict[str, Hold] = {}
         self.throttle_s = 0.0
         self.redirect = False
@@ -104,6 +109,9 @@ class HubServer:
         h = Hold(after)
         self.holds[self.key(repo_id, path)] = h
         return h
+
+    def file_url(self, repo_id: str, path: str, rev: str = "main") -> str:
+        return f"{self.url}/{repo_id}/resolve/{rev}/{quote(path)}"
 
     @property
     def url(self) -> str:
@@ -162,13 +170,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.hub.requests.append(entry)
         return entry
 
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, key: str = "") -> None:
-        """Answer; with ``key`` (a file), the body goes out through the test knobs in _stream."""
+    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, key: str = "",
+              length: bool = True) -> None:
+        """Answer; with ``key`` (a file), the body goes out through the test knobs in _stream. ``length``:
+        send a Content-Length (else the connection closes after the body, which is how its end is told)."""
         entry = self._log(status)
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
+        if length:
+            self.send_header("Content-Length", str(len(body)))
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         if self.command != "HEAD" and body:
             if key:
@@ -355,7 +369,9 @@ class _Handler(BaseHTTPRequestHandler):
             end = min(int(m.group(2)), len(data) - 1) if m.group(2) else len(data) - 1
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-        self._send(status, data[start : end + 1], headers, key=key)
+        extra = self.hub.oversend.get(key, 0)
+        body = data[start : end + 1] + make_gguf(extra, seed=99)[:extra]
+        self._send(status, body, headers, key=key, length=not extra or self.hub.oversend_length)
 
     def _stream(self, key: str, body: bytes, entry: dict[str, Any]) -> None:
         hub = self.hub

@@ -7,7 +7,6 @@ its own app with this factory.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,8 +16,10 @@ from kronk import __version__
 from kronk.api import errors
 from kronk.api.families import ROUTERS
 from kronk.api.http import backend_of
+from kronk.api.limits import Limits
 from kronk.api.middleware import ObservabilityMiddleware
-from kronk.security.auth import ApiKeyMiddleware
+from kronk.security.access import Access
+from kronk.security.auth import AccessMiddleware
 from kronk.serving.backend import Backend
 from kronk.telemetry import prometheus
 from kronk.telemetry.board import snapshot_key
@@ -32,12 +33,15 @@ async def all_snapshots(request: Request) -> list[dict[str, Any]]:
     return [s for s in snaps if snapshot_key(s) != snapshot_key(own)] + [own]
 
 
-def create_app(backend: Backend, *, api_keys: Iterable[str] = (), recorder: Recorder | None = None) -> FastAPI:
-    """The app over ``backend``; ``api_keys``: keys required from non-local clients (none: open);
+def create_app(backend: Backend, *, access: Access | None = None, recorder: Recorder | None = None,
+               limits: Limits | None = None) -> FastAPI:
+    """The app over ``backend``; ``access``: its keys, scopes, rate limits and allowed hosts
+    (``Access.from_settings(settings)``; default: no keys, loopback Hosts only; see docs/security.md);
     ``recorder``: where its HTTP-side metrics go (default: a fresh ``ingress``/``local`` recorder)."""
     app = FastAPI(title="kronk", version=__version__, description="Local LLM model server (OpenAI-compatible)")
     app.state.backend = backend
     app.state.recorder = recorder or Recorder("ingress", "local")
+    app.state.limits = limits or Limits()  # request limits (``Limits.from_settings(settings)``; docs/limits.md)
     errors.install(app)
     for r in ROUTERS:
         app.include_router(r)
@@ -55,6 +59,6 @@ def create_app(backend: Backend, *, api_keys: Iterable[str] = (), recorder: Reco
         """kronk's metrics in Prometheus text, gathered from every replica (see docs/observability.md)."""
         return Response(prometheus.render(await all_snapshots(request)), media_type=prometheus.CONTENT_TYPE)
 
-    app.add_middleware(ApiKeyMiddleware, keys=[k for k in api_keys if k])
+    app.add_middleware(AccessMiddleware, access=access if access is not None else Access())
     app.add_middleware(ObservabilityMiddleware, recorder=app.state.recorder)  # outermost: ids, spans, counts
     return app

@@ -10,6 +10,8 @@ after the first item is an SSE ``error`` event, and the stream ends.
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,8 +20,9 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
+from kronk.api.limits import DEFAULT_LIMITS, INT_MAX_DIGITS, Limits, lone_surrogate_path, nesting_depth
 from kronk.api.middleware import request_info, set_model
-from kronk.errors import InvalidRequest, ModelNotFound
+from kronk.errors import InvalidRequest, ModelNotFound, PayloadTooLarge
 from kronk.serving.backend import Backend, ModelOps
 from kronk.serving.call import Call, Endpoint, RequestContext
 from kronk.serving.items import Failure, Item
@@ -34,16 +37,80 @@ def ops_of(request: Request) -> ModelOps:
     return backend_of(request).model_ops()
 
 
+def limits_of(request: Request) -> Limits:
+    return getattr(request.app.state, "limits", DEFAULT_LIMITS)
+
+
+# A \uD800-\uDFFF escape: the only way a lone surrogate gets into a string (strict UTF-8 carries none).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body is larger than {limit} bytes (the server's max_body_bytes)")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, at most ``limit`` bytes: a larger Content-Length is refused before reading, and a body without
+    one (chunked) is read only up to the limit (413 beyond it); an over-limit body is never held in memory."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.strip().isdigit():
+            raise InvalidRequest("the Content-Length header is not a number")
+        if int(length) > limit:
+            raise _too_large(limit)
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return v
+
+
 async def read_json(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    """The body as a JSON object, within the app's limits (size, nesting), as strict JSON: UTF-8, no NaN or
+    Infinity, finite numbers, integers of at most 4300 digits, no lone surrogates (every failure: a 400 or 413)."""
+    limits = limits_of(request)
+    raw = await read_body(request, limits.max_body_bytes)
     if not raw:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidRequest(f"the request body is not valid UTF-8 ({e.reason} at byte {e.start})") from e
+    try:
+        body = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise InvalidRequest(f"the request body nests objects and arrays more than {limits.max_json_depth} levels "
+                             f"deep (the server's max_json_depth)") from None
+    except json.JSONDecodeError as e:
         raise InvalidRequest(f"the request body is not valid JSON: {e}") from e
+    except ValueError as e:  # a parse hook's, or Python's limit on integer digits
+        msg = str(e)
+        if "digits" in msg:
+            msg = f"a number has more than {INT_MAX_DIGITS} digits"
+        raise InvalidRequest(f"the request body is not valid JSON: {msg}") from e
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    if nesting_depth(body, limits.max_json_depth) > limits.max_json_depth:
+        raise InvalidRequest(f"the request body nests objects and arrays more than {limits.max_json_depth} levels "
+                             f"deep (the server's max_json_depth)")
+    if _SURROGATE_ESCAPE.search(text):  # a surrogate pair (an escaped emoji) is fine; a lone one is not
+        where = lone_surrogate_path(body)
+        if where is not None:
+            raise InvalidRequest("the request contains an invalid Unicode string (lone surrogate)",
+                                 param=None if where == "body" else where)
     return body
 
 
@@ -80,7 +147,7 @@ async def handle(request: Request, endpoint: Endpoint, schema: type[BaseModel]) 
         model = body.get("model")
         if isinstance(model, str) and model in await backend.model_ids():
             set_model(request, model)  # label this request's metrics, 4xx included, with a served model
-        req = schema.model_validate(body)
+        req = schema.model_validate(body, context={"limits": limits_of(request)})
         await check_model(backend, req.model)  # type: ignore[attr-defined]
         if sp is not None:
             sp.set_attributes({"kronk.model": req.model, "kronk.stream": bool(body.get("stream"))})  # type: ignore[attr-defined]
@@ -95,7 +162,7 @@ async def respond(items: AsyncIterator[Item], request: Request) -> Response:
         raise
     if isinstance(first, Failure):
         await items.aclose()
-        return JSONResponse(first.envelope(), status_code=first.status)
+        return JSONResponse(first.envelope(), status_code=first.status, headers=first.headers())  # Retry-After
     if isinstance(first, dict):
         await items.aclose()
         return JSONResponse(first)

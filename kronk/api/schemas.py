@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from kronk.api.limits import check_count, check_model_name, check_schema, limits_of
 
 Temperature = Annotated[float | None, Field(default=None, ge=0.0, le=2.0)]
 TopP = Annotated[float | None, Field(default=None, gt=0.0, le=1.0)]
-TopK = Annotated[int | None, Field(default=None, ge=0)]
+INT32_MAX = 2**31 - 1  # what llama.cpp takes as an int
+INT64_MAX = 2**63 - 1
+
+TopK = Annotated[int | None, Field(default=None, ge=0, le=INT32_MAX)]
 MinP = Annotated[float | None, Field(default=None, ge=0.0, le=1.0)]
 Penalty = Annotated[float | None, Field(default=None, ge=-2.0, le=2.0)]
 RepeatPenalty = Annotated[float | None, Field(default=None, gt=0.0, le=10.0)]
-MaxTokens = Annotated[int | None, Field(default=None, ge=1)]
+MaxTokens = Annotated[int | None, Field(default=None, ge=1, le=INT64_MAX)]  # the context bounds it further
 Seed = Annotated[int | None, Field(default=None)]
 Stop = Annotated[str | list[str] | None, Field(default=None)]
 
@@ -24,6 +29,12 @@ class ModelRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, v: str, info: ValidationInfo) -> str:
+        check_model_name(v, limits_of(info))
+        return v
 
 
 class StreamOptions(BaseModel):
@@ -39,27 +50,43 @@ class SamplingFields(ModelRequest):
     presence_penalty: Penalty = None
     frequency_penalty: Penalty = None
     repeat_penalty: RepeatPenalty = None
-    repeat_last_n: int | None = Field(default=None, ge=-1)
+    repeat_last_n: int | None = Field(default=None, ge=-1, le=INT32_MAX)
     seed: Seed = None
     stop: Stop = None
     max_tokens: MaxTokens = None
     logit_bias: dict[str, float] | None = None
     ignore_eos: bool = False
-    min_tokens: int = Field(default=0, ge=0)
+    min_tokens: int = Field(default=0, ge=0, le=INT32_MAX)
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: bool | int | None = None
     echo: bool = False
 
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_limits(cls, v: Any, info: ValidationInfo) -> Any:
+        lim = limits_of(info)
+        items = [v] if isinstance(v, str) else v
+        check_count(items, lim.max_stop, "stop sequences", "max_stop")
+        longest = max((len(s) for s in items if isinstance(s, str)), default=0) if isinstance(items, list) else 0
+        if longest > lim.max_stop_length:
+            raise ValueError(f"a stop sequence has at most {lim.max_stop_length} characters, got {longest} "
+                             f"(the server's max_stop_length)")
+        return v
+
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
         items = [v] if isinstance(v, str) else (v or [])
-        if len(items) > 16:
-            raise ValueError("at most 16 stop sequences are allowed")
         if any(not isinstance(s, str) for s in items):
             raise ValueError("stop sequences must be strings")
+        return v
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _logit_bias_count(cls, v: Any, info: ValidationInfo) -> Any:
+        check_count(v, limits_of(info).max_logit_bias, "logit_bias entries", "max_logit_bias")
         return v
 
     @field_validator("logit_bias")
@@ -92,6 +119,12 @@ class JsonSchemaSpec(BaseModel):
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
+    @field_validator("schema_")
+    @classmethod
+    def _schema_limits(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        check_schema(v, limits_of(info))
+        return v
+
 
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -103,3 +136,24 @@ class ResponseFormat(BaseModel):
         if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
             raise ValueError("response_format of type json_schema needs json_schema.schema")
         return self
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads and validates its body itself (kronk/api/http.py): the request
+    body's schema, from ``model``, with its ``$defs`` inlined (the OpenAPI document keeps its own ``$defs``
+    elsewhere), so that the served OpenAPI schema documents the fields (and a fuzzer explores them)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):  # the request models are not recursive
+            return {**inline(defs[ref.removeprefix("#/$defs/")]), **{k: inline(v) for k, v in node.items()
+                                                                   if k != "$ref"}}
+        return {k: inline(v) for k, v in node.items()}
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}

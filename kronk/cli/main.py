@@ -1,4 +1,4 @@
-"""The ``kronk`` command: ``kronk server|model|catalog|chat|config``."""
+"""The ``kronk`` command: ``kronk server|model|catalog|chat|config|key``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from kronk import __version__
 from kronk.cli.catalog import catalog
 from kronk.cli.chat import chat
 from kronk.cli.config import config
+from kronk.cli.keys import key
 from kronk.cli.models import model
 from kronk.cli.server import server
 
@@ -32,6 +33,7 @@ def cli() -> None:
       kronk model pull NAME           download a model (see `kronk catalog list`)
       kronk chat gemma3-270m          chat with a served model
       kronk config show               the effective settings and where they come from
+      kronk key create                an API key (then every request needs one)
     """
 
 
@@ -40,6 +42,7 @@ cli.add_command(model)
 cli.add_command(catalog)
 cli.add_command(chat)
 cli.add_command(config)
+cli.add_command(key)
 
 # Ollama-style shortcuts (hidden): `kronk pull X` is `kronk model pull X`, and so on.
 for _name in ("pull", "list", "show", "rm", "ps"):

@@ -54,6 +54,17 @@ def table(columns: list[str], rows: list[list[Any]]) -> None:
     Console(soft_wrap=False, width=max(Console().width, 120)).print(t)
 
 
+def _with_paths(ops: LocalOps | RemoteOps, m: dict[str, Any]) -> dict[str, Any]:
+    """A manifest dict with its folder and primary file, computed here from the models dir when this process
+    works on the store itself (the server's answers name no path)."""
+    if isinstance(ops, LocalOps) and m.get("name"):
+        folder = ops.manager.store.model_dir(m["name"])
+        m["dir"] = str(folder)
+        if m.get("primary"):
+            m["path"] = str(folder / m["primary"])
+    return m
+
+
 def _server_error(e: ServerError) -> None:
     fail(e.message, 2 if e.status in (400, 404, 422) else 1)
 
@@ -93,6 +104,7 @@ def list_cmd(as_json: bool, **params: Any) -> None:
         _server_error(e)
     for m in models:
         m["served"] = m.get("name") in served
+        _with_paths(ops, m)
     if as_json:
         print_json(models)
         return
@@ -122,6 +134,7 @@ def show_cmd(name: str, as_json: bool, **params: Any) -> None:
              f"`kronk model pull {name}`")
     card = served.get(m["name"])
     m["served"] = card is not None
+    _with_paths(ops, m)
     if card and card.get("context_length"):
         m["served_context_length"] = card["context_length"]
     if as_json:

@@ -56,9 +56,14 @@ class PullDisplay:
             self.progress = None
 
 
-def _done(m: dict[str, Any] | None, name: str) -> None:
+def _where(ops: LocalOps | RemoteOps, name: str) -> str:
+    """Where the model's files are: its folder in this process's models dir, else the server (whose answers
+    name no path)."""
+    return str(ops.manager.store.model_dir(name)) if isinstance(ops, LocalOps) else ops.where
+
+
+def _done(m: dict[str, Any] | None, name: str, where: str) -> None:
     if m:
-        where = m.get("dir") or m.get("path")
         click.echo(f"pulled {m.get('name', name)} ({human_bytes(m.get('size_bytes'))}) to {where}")
     else:
         click.echo(f"pulled {name}")
@@ -81,7 +86,7 @@ def pull(ops: LocalOps | RemoteOps, ref: str) -> None:
     present = ops.get_model(name)
     if present is not None:
         click.echo(f"{name} is already present ({human_bytes(present.get('size_bytes'))}, "
-                   f"{present.get('dir') or present.get('path')}); nothing to pull")
+                   f"{_where(ops, name)}); nothing to pull")
         return
     if isinstance(ops, RemoteOps):
         _pull_remote(ops, ref, name)
@@ -120,7 +125,7 @@ def _pull_local(ops: LocalOps, ref: str, name: str) -> None:
         _usage_or_fail(e)
     if e is not None:
         fail(f"pull of {ref} failed: {type(e).__name__}: {e}", 1)
-    _done(result.get("manifest"), name)
+    _done(result.get("manifest"), name, _where(ops, name))
 
 
 def _pull_remote(ops: RemoteOps, ref: str, name: str) -> None:
@@ -144,7 +149,7 @@ def _pull_remote(ops: RemoteOps, ref: str, name: str) -> None:
     display.close()
     status = job.get("status")
     if status == "succeeded":
-        _done(job.get("manifest"), name)
+        _done(job.get("manifest"), name, _where(ops, name))
     elif status == "cancelled":
         err(f"kronk: the pull of {ref} was cancelled on the server; run the same command again to resume")
         raise click.exceptions.Exit(1)

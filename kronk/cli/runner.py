@@ -43,6 +43,21 @@ def validate_models(settings: Settings) -> None:
                  "hf.co/<org>/<repo>:<QUANT> or a .gguf path")
 
 
+def local_admin_key(settings: Settings) -> None:
+    """With keys on, the local admin key (<home>/local-admin.key, 0600), so that `kronk` commands on this machine
+    reach the server with no key typed (docs/security.md)."""
+    from kronk.security.keys import KeyFileError, KeyStore, keys_configured
+
+    try:
+        if keys_configured(settings):
+            store = KeyStore(settings.home)
+            store.ensure_local_admin_key()
+            err(f"kronk: API keys are on; `kronk` commands from this home use the local admin key "
+                f"({store.local_key_path})")
+    except (KeyFileError, OSError) as e:
+        fail(f"{e}", 1)
+
+
 def _install_signals(state: dict[str, Any]) -> None:
     def handler(signum: int, frame: Any) -> None:
         if state.get("stopping"):
@@ -68,6 +83,7 @@ def run_server(settings: Settings, url: str, start_timeout: float, detached: boo
         os.environ["KRONK_CONFIG"] = str(config_path)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    local_admin_key(settings)
     procs.write_info(settings.home, {
         "pid": os.getpid(), "url": url, "host": settings.host, "port": settings.port,
         "home": str(settings.home), "models_dir": str(settings.models_path),

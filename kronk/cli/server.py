@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -118,6 +119,35 @@ def _check_address(address: str) -> None:
              "usually 6379), or leave it out to start a local Ray cluster")
 
 
+def _is_loopback(host: str) -> bool:
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_exposure(settings: Settings) -> None:
+    """A host other machines reach needs API keys (or --insecure): exit 2 with how, before anything starts."""
+    from kronk.security.keys import KeyFileError, keys_configured
+
+    try:
+        keyed = keys_configured(settings)
+    except KeyFileError as e:
+        fail(str(e))
+    if keyed or _is_loopback(settings.host):
+        return
+    if not settings.insecure:
+        fail(f"refusing to serve on {settings.host} with no API keys: anyone who reaches this machine could use "
+             "the server and pull or delete models. Create a key with `kronk key create` (clients send it as "
+             "'Authorization: Bearer <key>'), or pass --insecure true (KRONK_INSECURE=1) to serve without keys; "
+             "see docs/security.md")
+    err(f"kronk: serving on {settings.host} with no API keys (--insecure); only requests whose Host is a loopback "
+        "name or in allowed_hosts (--allowed-hosts) are answered")
+
+
 def _model_arg(value: str) -> str | dict[str, str]:
     """``--model ./x.gguf``: served as given, loaded from the absolute path (replicas run elsewhere)."""
     path = Path(value).expanduser()
@@ -149,6 +179,7 @@ def start(ctx: click.Context, config: Path | None, model: tuple[str, ...], detac
         overrides["models"] = [_model_arg(m) for m in model]
     settings = build_settings(overrides, config)
     ensure_dirs(settings)
+    _check_exposure(settings)
     from kronk.cli.runner import run_server, validate_models
 
     validate_models(settings)

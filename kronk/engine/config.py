@@ -5,9 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kronk.settings import CatalogDefaults, FlashAttn, KVCacheType, ModelConfig, Settings
+from kronk.errors import EngineError
+from kronk.settings import CatalogDefaults, FlashAttn, KVCacheType, ModelConfig, Settings, batching_problems
+
+# The micro-batch (llama.cpp's n_ubatch) when none is set: the largest block of tokens one graph computes.
+DEFAULT_UBATCH = 512
+
+
+class EngineSettingsError(EngineError):
+    """An impossible combination of engine settings, found before llama.cpp is touched."""
+
+    code = "invalid_engine_settings"
 
 
 def _server(name: str, **kw: Any) -> Any:
@@ -37,9 +47,14 @@ class EngineConfig(BaseModel):
     threads: int | None = _server("threads", ge=1, description="Decode threads (None: physical cores).")
     threads_batch: int | None = _server("threads_batch", ge=1, description="Prompt threads (None: threads).")
     batch_size: int = _server("batch_size", ge=16, description="Max tokens in one llama_decode.")
+    ubatch_size: int | None = Field(
+        default=None, ge=16, description="Tokens llama.cpp computes at once (n_ubatch; None: "
+        f"min(batch_size, {DEFAULT_UBATCH})); at most batch_size.")
     prefill_chunk: int = Field(
         default=256, ge=16,
-        description="Max prompt tokens per step while other sequences are generating (bounds their stall).",
+        description="The prefill grid: prompts are evaluated in chunks that end on multiples of it, and at most "
+        "this many prompt tokens go into a step while other sequences are generating (bounds their stall). At "
+        "most batch_size; left unset, it is min(256, the micro-batch).",
     )
     embedding: bool | None = Field(default=None, description="Embedding model (None: from the GGUF).")
     chat_template: str | None = Field(default=None, description="Built-in template name or Jinja source "
@@ -51,7 +66,37 @@ class EngineConfig(BaseModel):
         "weights, somewhat faster on some CPUs, temperature-0 output may vary with load.",
     )
     embedding_ctx: int = Field(default=8192, ge=64, description="Context of the embeddings context.")
+    max_queued: int = _server("max_queued", ge=0)
+    queue_timeout_s: float = _server("queue_timeout_s", ge=0)
     llama_log: bool = _server("llama_log")
+
+    @property
+    def n_ubatch(self) -> int:
+        """The micro-batch llama.cpp's context is created with."""
+        return self.ubatch_size if self.ubatch_size is not None else min(self.batch_size, DEFAULT_UBATCH)
+
+    @model_validator(mode="after")
+    def _check_batching(self) -> EngineConfig:
+        """Settings that would make a step write past the llama_batch (batch_size rows) are refused here.
+
+        A step's decodes hold either one row per generating slot (at most ``parallel``) or one prefill chunk
+        (at most ``prefill_chunk``), so both must fit in ``batch_size``. The prefill grid left at its default
+        shrinks to the micro-batch instead (a chunk is then one ubatch): it is fixed per engine, so outputs
+        still do not depend on load; one set explicitly larger than batch_size is refused."""
+        problems = batching_problems(self.parallel, self.batch_size, self.ctx_size)
+        if self.ubatch_size is not None and self.ubatch_size > self.batch_size:
+            problems.append(f"ubatch_size {self.ubatch_size} is more than batch_size {self.batch_size} (a "
+                            "micro-batch is a part of one llama_decode); lower ubatch_size or raise batch_size")
+        explicit = "prefill_chunk" in self.model_fields_set
+        if explicit and self.prefill_chunk > self.batch_size:
+            problems.append(f"prefill_chunk {self.prefill_chunk} is more than batch_size {self.batch_size} (a "
+                            "prompt chunk is one llama_decode); lower prefill_chunk or raise batch_size")
+        if problems:
+            raise EngineSettingsError(f"impossible engine settings for model {self.name}: " + "; ".join(problems),
+                                      param="batch_size")
+        if not explicit and self.prefill_chunk > self.n_ubatch:
+            self.prefill_chunk = self.n_ubatch
+        return self
 
     @classmethod
     def from_model(cls, m: ModelConfig, model_path: str | Path, chat_template: str | None = None,

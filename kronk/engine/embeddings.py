@@ -1,4 +1,16 @@
-"""Embeddings: a context of their own (created on first use), pooled and L2-normalised."""
+"""Embeddings: a context of their own (created on first use), pooled and L2-normalised.
+
+Memory is bounded by the micro-batch, not by the input: llama.cpp keeps per-token buffers (hidden states and,
+for a generative model, a row of logits over the whole vocabulary: 1 MiB a token for Gemma's 262k) for every
+token of a micro-batch, so the context computes at most ``UBATCH`` tokens at once. A model with causal
+attention (a generative model, mean-pooled here, or a causal embedding model such as Qwen3-Embedding) runs a
+long input in consecutive micro-batches through its KV cache: each micro-batch yields the pooled vector of
+the part of each sequence it holds, and the parts combine exactly (MEAN: the length-weighted mean; CLS: the
+first part's; LAST: the last part's). A model without causal attention (BERT-like embedding models: every
+token attends to the whole input) needs an input in one micro-batch, so its micro-batch is its whole
+embedding context. Either way an input is at most the embedding context (``embedding_ctx``, within the
+model's trained context) long; longer ones are refused.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +23,11 @@ from kronk.engine.model import LlamaModel
 from kronk.errors import ContextLengthExceeded, EngineError, InvalidRequest
 
 MAX_SEQS = 8
+# Tokens computed at once by the embeddings context (llama.cpp's n_ubatch) where inputs may span several.
+UBATCH = 512
+# Poolings whose value over a sequence follows from its values over consecutive parts (causal attention).
+_SPLITTABLE = (llama_cpp.LLAMA_POOLING_TYPE_MEAN, llama_cpp.LLAMA_POOLING_TYPE_CLS,
+               llama_cpp.LLAMA_POOLING_TYPE_LAST)
 
 
 class EmbeddingRunner:
@@ -25,23 +42,39 @@ class EmbeddingRunner:
         self._lock = threading.Lock()
         self.ctx = None
         self.batch = None
+        self.n_ubatch = 0  # known once the context exists
+        self.split = False  # whether an input may span micro-batches (causal attention, a splittable pooling)
+        self.mode = self.pooling  # the pooling the context applies (the GGUF's, for an embedding model)
 
-    def _ensure_ctx(self) -> None:
-        if self.ctx is not None:
-            return
+    def _make_ctx(self, n_ubatch: int):
         p = llama_cpp.llama_context_default_params()
         p.n_ctx = self.n_ctx
-        p.n_batch = p.n_ubatch = self.n_ctx  # non-causal models need a whole input in one ubatch
+        p.n_batch = p.n_ubatch = n_ubatch  # one llama_decode is one micro-batch
         p.n_seq_max = MAX_SEQS
         p.n_threads = p.n_threads_batch = self.threads
         p.embeddings = True
         p.pooling_type = self.pooling
-        p.kv_unified = True
+        p.kv_unified = True  # one stream: a decode is never split by sequence
         p.no_perf = True
-        self.ctx = llama_cpp.llama_init_from_model(self.model.ptr, p)
-        if not self.ctx:
+        ctx = llama_cpp.llama_init_from_model(self.model.ptr, p)
+        if not ctx:
             raise EngineError("llama.cpp could not create the embeddings context (out of memory?)")
-        self.batch = llama_cpp.llama_batch_init(self.n_ctx, 0, 1)
+        return ctx
+
+    def _ensure_ctx(self) -> None:
+        if self.ctx is not None:
+            return
+        n_ubatch = min(UBATCH, self.n_ctx)
+        ctx = self._make_ctx(n_ubatch)
+        split = (bool(llama_cpp.llama_get_causal_attn(ctx))
+                 and llama_cpp.llama_pooling_type(ctx) in _SPLITTABLE)
+        if not split and n_ubatch < self.n_ctx:  # an input must fit one micro-batch: make it the whole context
+            llama_cpp.llama_free(ctx)
+            n_ubatch = self.n_ctx
+            ctx = self._make_ctx(n_ubatch)
+        self.ctx, self.n_ubatch, self.split = ctx, n_ubatch, split
+        self.mode = llama_cpp.llama_pooling_type(ctx)
+        self.batch = llama_cpp.llama_batch_init(n_ubatch, 0, 1)
 
     def embed(self, inputs: list[str] | list[list[int]], normalize: bool = True) -> tuple[list[list[float]], int]:
         seqs: list[list[int]] = []
@@ -57,10 +90,12 @@ class EmbeddingRunner:
         out: list[list[float]] = []
         with self._lock:
             self._ensure_ctx()
+            # a group shares the KV cache (at most n_ctx cells) and, unless inputs may be split, one micro-batch
+            room = self.n_ctx if self.split else self.n_ubatch
             i = 0
             while i < len(seqs):
                 group, n = [], 0
-                while i < len(seqs) and len(group) < MAX_SEQS and n + len(seqs[i]) <= self.n_ctx:
+                while i < len(seqs) and len(group) < MAX_SEQS and n + len(seqs[i]) <= room:
                     group.append(seqs[i])
                     n += len(seqs[i])
                     i += 1
@@ -68,26 +103,48 @@ class EmbeddingRunner:
         return out, sum(len(s) for s in seqs)
 
     def _run(self, group: list[list[int]], normalize: bool) -> list[list[float]]:
-        b = self.batch
-        n = 0
-        for seq_id, toks in enumerate(group):
-            for pos, t in enumerate(toks):
-                b.token[n], b.pos[n], b.n_seq_id[n] = t, pos, 1
-                b.seq_id[n][0] = seq_id
-                b.logits[n] = True
-                n += 1
-        b.n_tokens = n
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
-        rc = llama_cpp.llama_decode(self.ctx, b)
-        if rc != 0:
-            raise EngineError(f"llama_decode failed while embedding ({rc})")
+        """The group's tokens, sequence after sequence, in micro-batches of at most n_ubatch tokens; each
+        micro-batch's pooled vector of each sequence part it holds is combined into that sequence's."""
+        b, ub = self.batch, self.n_ubatch
         dim = llama_cpp.llama_model_n_embd_out(self.model.ptr) or self.model.n_embd
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        acc: list[list[float] | None] = [None] * len(group)
+        seq_id, pos = 0, 0  # the next token to compute
+        while seq_id < len(group):
+            parts: list[tuple[int, int]] = []  # (sequence, tokens of it in this micro-batch)
+            n = 0
+            while seq_id < len(group) and n < ub:
+                toks = group[seq_id]
+                take = min(ub - n, len(toks) - pos)
+                for k in range(take):
+                    b.token[n], b.pos[n], b.n_seq_id[n] = toks[pos + k], pos + k, 1
+                    b.seq_id[n][0] = seq_id
+                    b.logits[n] = True  # llama.cpp outputs every token of a pooled batch
+                    n += 1
+                parts.append((seq_id, take))
+                pos += take
+                if pos == len(toks):
+                    seq_id, pos = seq_id + 1, 0
+            b.n_tokens = n
+            rc = llama_cpp.llama_decode(self.ctx, b)
+            if rc != 0:
+                raise EngineError(f"llama_decode failed while embedding ({rc})")
+            for s, take in parts:
+                ptr = llama_cpp.llama_get_embeddings_seq(self.ctx, s)
+                if not ptr:
+                    raise EngineError("the model produced no pooled embedding")
+                v = ptr[:dim]
+                prev = acc[s]
+                if self.mode == llama_cpp.LLAMA_POOLING_TYPE_MEAN:  # a length-weighted sum, divided below
+                    prev = prev or [0.0] * dim
+                    acc[s] = [a + x * take for a, x in zip(prev, v, strict=True)]
+                elif prev is None or self.mode != llama_cpp.LLAMA_POOLING_TYPE_CLS:  # CLS: the first part's
+                    acc[s] = list(v)
         vectors = []
-        for seq_id in range(len(group)):
-            ptr = llama_cpp.llama_get_embeddings_seq(self.ctx, seq_id)
-            if not ptr:
-                raise EngineError("the model produced no pooled embedding")
-            v = [float(ptr[k]) for k in range(dim)]
+        for toks, v in zip(group, acc, strict=True):
+            assert v is not None
+            if self.mode == llama_cpp.LLAMA_POOLING_TYPE_MEAN:
+                v = [x / len(toks) for x in v]
             if normalize:
                 norm = math.sqrt(sum(x * x for x in v)) or 1.0
                 v = [x / norm for x in v]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -28,7 +29,14 @@ from kronk.engine.protocol import Engine, EngineStats, GenerationChunk, Generati
 from kronk.engine.sampling import NoValidToken, SamplerChain
 from kronk.engine.slots import Job, Slot, SlotState
 from kronk.engine.text import StopMatcher
-from kronk.errors import ContextLengthExceeded, EngineError, InvalidRequest, KronkError, Unsupported
+from kronk.errors import (
+    ContextLengthExceeded,
+    EngineError,
+    EngineOverloaded,
+    InvalidRequest,
+    KronkError,
+    Unsupported,
+)
 
 log = logging.getLogger("kronk.engine")
 
@@ -70,7 +78,7 @@ class LlamaEngine(Engine):
         p = llama_cpp.llama_context_default_params()
         p.n_ctx = ctx_slot * cfg.parallel
         p.n_batch = cfg.batch_size
-        p.n_ubatch = min(cfg.batch_size, 512)
+        p.n_ubatch = cfg.n_ubatch  # EngineConfig checked it and the rest against batch_size
         p.n_seq_max = cfg.parallel
         p.n_threads = self.threads
         p.n_threads_batch = cfg.threads_batch or self.threads
@@ -89,13 +97,17 @@ class LlamaEngine(Engine):
             )
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.n_ctx_slot = llama_cpp.llama_n_ctx_seq(self.ctx)
-        self.n_batch = llama_cpp.llama_n_batch(self.ctx)
+        self.n_batch = llama_cpp.llama_n_batch(self.ctx)  # llama.cpp caps it at the context's cells
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        # The prefill grid: a chunk is one llama_decode, so it fits the batch (a context smaller than the
+        # grid only ever holds prompts shorter than it, so this changes no chunk).
+        self.prefill_grid = min(cfg.prefill_chunk, self.n_batch)
         self.slots = [Slot(i) for i in range(cfg.parallel)]
         self._kv_bytes_per_cell = self._estimate_kv_bytes_per_cell()
 
         self._incoming: collections.deque[Job] = collections.deque()
         self._waiting: collections.deque[Job] = collections.deque()
+        self._starts: collections.deque[float] = collections.deque(maxlen=32)  # when jobs got slots: Retry-After
         self._cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=f"kronk-decode-{cfg.name}", daemon=True)
@@ -204,6 +216,7 @@ class LlamaEngine(Engine):
             try:
                 self._drop_cancelled()
                 self._admit()
+                self._shed()
                 if self._has_work():
                     self._step()
             except Exception as e:  # never let the loop die: fail the running jobs, keep serving
@@ -235,9 +248,54 @@ class LlamaEngine(Engine):
             best = max(idle, key=lambda s: (common_prefix(s.cache, job.prompt), -s.last_used))
             try:
                 self._start(best, job)
-            except KronkError as e:
-                job.free_samplers()
+            except Exception as e:  # this request's problem only (its sampler, grammar...): end it, keep the others
+                if not isinstance(e, KronkError):
+                    log.exception("could not start %s", job.request.request_id or "a request")
+                    e = EngineError(f"could not start the request: {e}")
+                    # how far _start got with the slot's KV is unknown: leave the slot empty
+                    llama_cpp.llama_memory_seq_rm(self.mem, best.id, 0, -1)
+                    best.cache.clear()
+                if best.job is job:
+                    self._release(best)  # frees the job's samplers too
+                else:
+                    job.free_samplers()
                 job.push(e)
+            else:
+                self._starts.append(time.perf_counter())
+
+    def _shed(self) -> None:
+        """Admission control, once the idle slots took what they could (every job left really waits): a job that
+        waited longer than ``queue_timeout_s``, and the newest beyond ``max_queued``, end with EngineOverloaded
+        (503 with Retry-After), so a waiting request is never cut later nor waits without bound."""
+        if not self._waiting:
+            return
+        cfg, n = self.cfg, len(self.slots)
+        if cfg.queue_timeout_s:
+            now = time.perf_counter()
+            late = [j for j in self._waiting if now - j.submitted > cfg.queue_timeout_s]
+            if late:
+                self._waiting = collections.deque(j for j in self._waiting if now - j.submitted <= cfg.queue_timeout_s)
+                for job in late:
+                    after = self._retry_after()
+                    job.push(EngineOverloaded(
+                        f"The request waited {now - job.submitted:.0f} s for one of {self.name}'s {n} slots "
+                        f"without getting one (queue_timeout_s={cfg.queue_timeout_s:g}). Retry after about "
+                        f"{after:.0f} s.", code="queue_timeout", retry_after_s=after))
+        while len(self._waiting) > cfg.max_queued:
+            job = self._waiting.pop()  # the newest: the ones waiting longer keep their place
+            after = self._retry_after()
+            job.push(EngineOverloaded(
+                f"{self.name} is at capacity: its {n} slots are busy and {cfg.max_queued} requests already wait "
+                f"for one (max_queued={cfg.max_queued}). Retry after about {after:.0f} s.", retry_after_s=after))
+
+    def _retry_after(self) -> float:
+        """About how long the requests waiting now take to get slots, at the rate requests got slots lately
+        (whole seconds, 1 to 60): when a retry may find room."""
+        if not self._starts:
+            return 1.0
+        span = time.perf_counter() - self._starts[0]
+        rate = len(self._starts) / span if span > 0 else float("inf")
+        return float(min(60, max(1, math.ceil(len(self._waiting) / rate))))
 
     def _start(self, slot: Slot, job: Job) -> None:
         req, m = job.request, self.model
@@ -267,6 +325,8 @@ class LlamaEngine(Engine):
             slot.state = SlotState.PREFILL
 
     def _add(self, n: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        if not 0 <= n < self.n_batch:  # a row past the llama_batch's arrays would corrupt memory
+            raise EngineError(f"batch row {n} is outside the llama_batch of {self.n_batch} rows")
         b = self.batch
         b.token[n] = token
         b.pos[n] = pos
@@ -297,8 +357,8 @@ class LlamaEngine(Engine):
         # Prompts are evaluated one sequence per llama_decode, in chunks on a fixed grid of
         # positions (multiples of prefill_chunk): a token is then always computed in the same
         # company, whatever else runs, so outputs do not depend on concurrency.
-        budget = self.cfg.prefill_chunk if gen else self.n_batch
-        grid = self.cfg.prefill_chunk
+        grid = self.prefill_grid
+        budget = grid if gen else self.n_batch  # a chunk is at most grid <= n_batch tokens
         for s in sorted((s for s in self.slots if s.state is SlotState.PREFILL), key=lambda s: s.job.started):
             while s.state is SlotState.PREFILL and budget > 0:
                 pos = s.n_past

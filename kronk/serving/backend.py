@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+from kronk.errors import redact_paths
 from kronk.serving.call import Call
 from kronk.serving.items import Item
 from kronk.telemetry.stats import summarize
@@ -42,9 +43,23 @@ class Backend(Protocol):
         """The metrics snapshots of every replica it knows of (kronk.telemetry.metrics.Recorder.snapshot)."""
 
 
+# What of a replica's info (kronk.serving.replica.replica_info, deployments.llm.LlamaReplica.info) a client may
+# see in /v1/stats. The rest (the GGUF's path, the node id, the pid) stays with the server: its internal
+# callers read the info over the handle. A field added to the info is private until it is named here.
+PUBLIC_INFO = ("model", "error", "replica", "replicas", "stats", "context_length")
+
+
+def public_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The client-facing part of a replica's info: :data:`PUBLIC_INFO`, absolute paths cut from its error."""
+    out = {k: info[k] for k in PUBLIC_INFO if k in info}
+    if isinstance(out.get("error"), str):
+        out["error"] = redact_paths(out["error"])
+    return out
+
+
 def model_card(model_id: str, created: int, info: dict[str, Any] | None = None) -> dict[str, Any]:
     """An OpenAI model object for a served model, from what its replica says of itself (``info``)."""
-    info = info or {}
+    info = public_info(info or {})
     idle = info.get("replicas") == 0
     card: dict[str, Any] = {"id": model_id, "object": "model", "created": created, "owned_by": "kronk",
                             "status": "error" if info.get("error") else ("scaled_to_zero" if idle else "ready")}
@@ -58,9 +73,11 @@ def model_card(model_id: str, created: int, info: dict[str, Any] | None = None) 
 def stats_of(infos: dict[str, dict[str, Any]], running: dict[str, int],
              snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     """``/v1/stats``: per model, one replica's live engine stats (``stats``), the running replicas and
-    ``aggregate``, every replica's numbers together (kronk.telemetry.stats.summarize)."""
+    ``aggregate``, every replica's numbers together (kronk.telemetry.stats.summarize). Only the
+    :func:`public_info` of each replica's info: no path, pid or node id."""
     aggregate = summarize(snapshots)
     out = {}
     for m, info in infos.items():
-        out[m] = {**info, "replicas": running.get(m, info.get("replicas", 1)), "aggregate": aggregate.get(m)}
+        out[m] = {**public_info(info), "replicas": running.get(m, info.get("replicas", 1)),
+                  "aggregate": aggregate.get(m)}
     return {"models": out}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -30,17 +31,24 @@ class Failure:
     message: str
     param: str | None = None
     code: str | None = None
+    retry_after_s: float | None = None  # when the client may try again: the Retry-After header (a 503, a 429)
 
     @classmethod
     def of(cls, exc: BaseException) -> Failure:
         """The failure a client is told about: a KronkError as it is; anything else as a 500 with a reference
         (the traceback goes to the log, not to the client)."""
         if isinstance(exc, KronkError):
-            return cls(exc.kind.status, exc.kind.type, exc.message, exc.param, exc.code)
+            return cls(exc.kind.status, exc.kind.type, exc.message, exc.param, exc.code, exc.retry_after_s)
         ref = uuid.uuid4().hex[:12]
         log.error("internal error %s", ref, exc_info=exc)
         return cls(ErrorKind.SERVER.status, ErrorKind.SERVER.type, f"internal server error (reference {ref})",
                    None, "internal_error")
+
+    def headers(self) -> dict[str, str] | None:
+        """The response headers this failure asks for: ``Retry-After`` (whole seconds, rounded up) when known."""
+        if self.retry_after_s is None:
+            return None
+        return {"Retry-After": str(max(0, math.ceil(self.retry_after_s)))}
 
     def envelope(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

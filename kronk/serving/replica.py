@@ -17,7 +17,8 @@ from kronk.serving.streams import admitted, alone
 
 
 def replica_info(service: ModelService) -> dict[str, Any]:
-    """What a model replica says of itself (``/v1/stats``, the model card)."""
+    """What a model replica says of itself. Its internal callers (over the handle) see all of it; clients
+    (``/v1/stats``, the model card) only its kronk.serving.backend.public_info, never ``model_path``."""
     st = service.engine.stats()
     return {"model": service.model_id, "error": None, "replica": service.recorder.replica,
             "model_path": getattr(getattr(service.engine, "cfg", None), "model_path", None),

@@ -5,6 +5,11 @@ A retry, or a later pull, continues from the partial's length with an HTTP Range
 request; the sha256 is computed while streaming (the partial's existing bytes are
 hashed first). At the end the size and sha256 are checked: a mismatch deletes the
 partial and raises :class:`ChecksumMismatch`. The caller renames the result.
+
+The expected size (the hub's metadata, else the first response's headers) is a hard
+limit: a response that announces more, or a body that runs past it, is refused before
+the extra bytes reach the disk (:class:`SizeMismatch`; the partial is deleted), so a
+hub cannot fill the models dir by sending more than it said.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from kronk.store.errors import ChecksumMismatch, HubError, PullCancelled
+from kronk.store.errors import ChecksumMismatch, HubError, PullCancelled, SizeMismatch
 from kronk.store.hub import HubClient
 from kronk.store.progress import ProgressTracker
 
@@ -66,10 +71,11 @@ def download_file(
 ) -> str:
     """Download ``path`` of ``repo``@``commit`` into ``part``; return its verified sha256 (hex)."""
     url = hub.file_url(repo, commit, path)
-    st = _State()
+    st = _State(size)
     credited = 0  # bytes of this file counted in tracker.bytes_done
     failures = 0
     while True:
+        size = st.size  # the hub's metadata, else what the first response announced
         offset = part.stat().st_size if part.exists() else 0
         if size is not None and offset > size:
             part.unlink()
@@ -101,6 +107,7 @@ def download_file(
             credited = st.hashed if part.exists() else credited
         if done:
             break
+    size = st.size
     tracker.set_phase("verifying", os.path.basename(path))
     actual = part.stat().st_size
     digest = st.h.hexdigest() if actual == st.hashed else hash_file(part)
@@ -119,11 +126,33 @@ def download_file(
 
 
 class _State:
-    """The running sha256 and how many bytes of the partial it has seen."""
+    """The running sha256, how many bytes of the partial it has seen, and the size the file must have."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int | None) -> None:
         self.h = hashlib.sha256()
         self.hashed = 0
+        self.size = size
+
+
+def _announced(resp: httpx.Response, offset: int) -> int | None:
+    """The largest file size a response announces (Content-Range's total or end, Content-Length), if any."""
+    sizes = []
+    if resp.status_code == 206:
+        m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+        if m:
+            sizes.append(int(m.group(2)) + 1)
+            if m.group(3) != "*":
+                sizes.append(int(m.group(3)))
+    length = resp.headers.get("Content-Length", "")
+    if length.isdigit():
+        sizes.append(int(length) + (offset if resp.status_code == 206 else 0))
+    return max(sizes) if sizes else None
+
+
+def _too_large(path: str, repo: str, size: int, announced: int | None = None) -> SizeMismatch:
+    what = f"announces {announced} bytes, more than" if announced is not None else "sent more than"
+    return SizeMismatch(f"{path} from {repo}: the hub {what} the expected {size} bytes; nothing was written "
+                        "past that size and the download was discarded")
 
 
 def _fetch(
@@ -147,15 +176,27 @@ def _fetch(
         if restart:  # the partial is not a prefix of what the server sends: start over
             part.unlink(missing_ok=True)
             return False
+        announced = _announced(resp, offset)
+        if st.size is None:
+            st.size = announced
+        elif announced is not None and announced > st.size:  # refused before a byte of it is written
+            part.unlink(missing_ok=True)
+            raise _too_large(path, repo, st.size, announced)
         tracker.set_phase("downloading", os.path.basename(path))
-        with open(part, "ab") as fh:
-            for chunk in resp.iter_bytes():
-                if cancel is not None and cancel.is_set():
-                    raise PullCancelled(f"pull of {path} cancelled; the partial download is kept for resume")
-                fh.write(chunk)
-                st.h.update(chunk)
-                st.hashed += len(chunk)
-                tracker.add(len(chunk))
+        try:
+            with open(part, "ab") as fh:
+                for chunk in resp.iter_bytes():
+                    if cancel is not None and cancel.is_set():
+                        raise PullCancelled(f"pull of {path} cancelled; the partial download is kept for resume")
+                    if st.size is not None and st.hashed + len(chunk) > st.size:  # never write past the size
+                        raise _too_large(path, repo, st.size)
+                    fh.write(chunk)
+                    st.h.update(chunk)
+                    st.hashed += len(chunk)
+                    tracker.add(len(chunk))
+        except SizeMismatch:
+            part.unlink(missing_ok=True)
+            raise
     return True
 
 

@@ -14,10 +14,13 @@ __all__ = [
     "ChecksumMismatch",
     "GatedRepo",
     "HubError",
+    "InsufficientStorage",
     "InvalidRef",
+    "ModelInUse",
     "ModelNotFound",
     "PullCancelled",
     "RepoNotFound",
+    "SizeMismatch",
     "StoreError",
     "UnknownModel",
 ]
@@ -40,6 +43,23 @@ class ChecksumMismatch(StoreError):
     """Downloaded bytes do not match the expected size or sha256; the partial file was deleted."""
 
     code = "checksum_mismatch"
+
+
+class SizeMismatch(ChecksumMismatch):
+    """The hub sent more bytes than it announced: the download stopped at the announced size and was deleted."""
+
+    code = "size_mismatch"
+
+
+class InsufficientStorage(StoreError):
+    """The models dir has not enough free space for a pull (checked before any byte is downloaded)."""
+
+    kind = ErrorKind.INSUFFICIENT_STORAGE
+    code = "insufficient_storage"
+
+    def __init__(self, message: str, *, needed: int = 0, free: int = 0, **kw):
+        super().__init__(message, **kw)
+        self.needed, self.free = needed, free
 
 
 class GatedRepo(KronkError):
@@ -66,6 +86,13 @@ class HubError(KronkError):
 
     kind = ErrorKind.UNAVAILABLE
     code = "hub_error"
+
+
+class ModelInUse(KronkError):
+    """A served model's files cannot be deleted (its replicas map them)."""
+
+    kind = ErrorKind.CONFLICT
+    code = "model_in_use"
 
 
 class PullCancelled(KronkError):

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from kronk.errors import KronkError, NotFound
+from kronk.errors import KronkError, NotFound, redact_paths
 from kronk.settings import Settings
 from kronk.store.errors import InvalidRef, PullCancelled
 from kronk.store.progress import PullProgress
@@ -47,6 +47,8 @@ class PullJob:
         self.finished_at: float | None = None
         self.cancel_event = threading.Event()
         self.done_event = threading.Event()
+        # set once the pull is past its checks (sizes known, free space checked) or has ended
+        self.checked_event = threading.Event()
 
     @property
     def active(self) -> bool:
@@ -54,6 +56,8 @@ class PullJob:
 
     def _on_progress(self, p: PullProgress) -> None:
         self.progress = p
+        if p.phase != "resolving":  # downloading / verifying / done: the free-space check has passed
+            self.checked_event.set()
 
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON-able data. Times are Unix seconds."""
@@ -149,7 +153,7 @@ class PullJobManager:
             self._end(job, "failed", e.message, e.code, spans)
         except Exception as e:
             log.exception("pull job %s (%s) failed", job.id, job.model)
-            self._end(job, "failed", f"{type(e).__name__}: {e}", "internal_error", spans)
+            self._end(job, "failed", redact_paths(f"{type(e).__name__}: {e}"), "internal_error", spans)
         finally:
             self._slots.release()
 
@@ -170,6 +174,7 @@ class PullJobManager:
                 log.exception("recording pull metrics failed")
         job.status = status
         job.done_event.set()
+        job.checked_event.set()
 
     def _trim(self) -> None:
         done = [j for j in self._jobs.values() if not j.active]
@@ -196,6 +201,12 @@ class PullJobManager:
             return False
         job.cancel_event.set()
         return True
+
+    def wait_checked(self, job_id: str, timeout: float | None = None) -> PullJob:
+        """Wait until the job is past its checks (free space) or has ended (or ``timeout`` s pass)."""
+        job = self._must(job_id)
+        job.checked_event.wait(timeout)
+        return job
 
     def wait(self, job_id: str, timeout: float | None = None) -> PullJob:
         """Wait until the job ends (or ``timeout`` s pass) and return it."""

@@ -11,9 +11,13 @@ from typing import Any
 
 from kronk.catalog import Catalog
 from kronk.settings import Settings
-from kronk.store import ModelNotFound, ModelStore, PullJobManager, parse_ref
+from kronk.store import InsufficientStorage, InvalidRef, ModelNotFound, ModelStore, PullJobManager, parse_ref
 from kronk.telemetry import tracing
 from kronk.telemetry.metrics import Recorder
+
+# How long a pull request waits for its job to pass the free-space check, so that a pull that cannot fit is
+# refused at once (507) rather than as a job that fails a moment later; past it, the job is returned as it is.
+PULL_CHECK_WAIT_S = 10.0
 
 
 class ModelManager:
@@ -29,12 +33,17 @@ class ModelManager:
 
     # ------------------------------------------------------------------ pulls
 
-    def pull(self, ref: str, trace: dict[str, str] | None = None) -> dict[str, Any]:
-        """Start (or join) a background pull; returns the job's snapshot at once.
+    def pull(self, ref: str, trace: dict[str, str] | None = None,
+             check_wait_s: float = PULL_CHECK_WAIT_S) -> dict[str, Any]:
+        """Start (or join) a background pull; returns the job's snapshot once it is past the free-space check
+        (at most ``check_wait_s``). Raises :class:`InsufficientStorage` when the model would not fit.
 
         ``trace``: the caller's W3C trace context (``{"traceparent": ...}``) for the pull's spans.
         """
-        return self.jobs_.start(ref, trace).snapshot()
+        job = self.jobs_.wait_checked(self.jobs_.start(ref, trace).id, check_wait_s)
+        if job.status == "failed" and job.error_code == InsufficientStorage.code:
+            raise InsufficientStorage(job.error or f"not enough free space to pull {ref}")
+        return job.snapshot()
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         job = self.jobs_.get(job_id)
@@ -60,6 +69,25 @@ class ModelManager:
 
     def remove(self, name: str) -> bool:
         return self.store.remove(name)
+
+    def served_as(self, name: str, served: list[str]) -> str | None:
+        """The id among ``served`` (the served models) that uses the stored model ``name`` (any reference to
+        it), by its own name or by the configured model's ``source``; None when no served model uses it."""
+        target = self._store_name(name)
+        sources = {m.name: m.model_source for m in self.settings.models}
+        for model_id in served:
+            if model_id == name:
+                return model_id
+            for ref in (model_id, sources.get(model_id)):
+                if ref and target is not None and self._store_name(ref) == target:
+                    return model_id
+        return None
+
+    def _store_name(self, ref: str) -> str | None:
+        try:
+            return self.store.name_for(ref)
+        except (InvalidRef, KeyError):
+            return ref if ref else None
 
     def reconcile(self) -> dict[str, Any]:
         return self.store.reconcile().to_dict()

@@ -73,13 +73,11 @@ class Manifest(BaseModel):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able data (for HTTP answers and Ray), with the paths to load."""
+        """Plain JSON-able data (for HTTP answers and Ray). No absolute path: clients see it, and where the
+        server keeps its files is not theirs to know; in-process callers use :attr:`dir` and
+        :attr:`primary_path`, others ``ModelStore.resolve`` (or the model manager's ``resolve``)."""
         d = self.model_dump(mode="json")
         d["size_bytes"] = self.size_bytes
-        if self._dir is not None:
-            d["dir"] = str(self._dir)
-            d["path"] = str(self.primary_path)
-            d["mmproj_path"] = str(self.mmproj_path) if self.mmproj else None
         return d
 
     def problems(self) -> list[str]:

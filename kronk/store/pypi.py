@@ -54,7 +54,7 @@ def pypi_file(src: PypiSource) -> Path:
         raise ModelNotFound(f"{src.module}.{src.function} is not a function in package {src.package}")
     p = Path(fn())
     if not p.is_file():
-        raise ModelNotFound(f"{src.module}.{src.function}() returned {p}, which is not a file")
+        raise ModelNotFound(f"{src.module}.{src.function}() returned {p.name!r}, which is not a file")
     return p
 
 

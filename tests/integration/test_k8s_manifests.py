@@ -3,11 +3,14 @@
 * kustomize's output is rebuilt here (resources, namespace and JSON 6902 patches: the
   only kustomize features k8s/ uses; anything else fails the test, so the rebuild
   never silently differs from ``kubectl apply -k``);
-* core kinds (Namespace, PersistentVolumeClaim, Secret, and the Service and pod
-  templates inside the RayService) against Kubernetes' own schemas, strictly
+* core kinds (Namespace, PersistentVolumeClaim, Secret, NetworkPolicy, and the Service
+  and pod templates inside the RayService) against Kubernetes' own schemas, strictly
   (``kubernetes-validate``: unknown fields fail);
 * the custom resources (RayService, PodMonitor, ServiceMonitor) structurally: known
   fields only, the required ones present, and how they fit together;
+* the control plane locked down: Ray's token authentication on in every Ray container
+  (the token from a Secret), a NetworkPolicy that admits only the Serve port from outside
+  the cluster's pods, and the ServiceMonitor sending a bearer key from a Secret;
 * ``serveConfigV2`` with Ray Serve's own config schema (``ServeDeploySchema``) and
   kronk's settings, and generated from serve_config.yaml (``--check`` fails on drift).
 """
@@ -35,8 +38,14 @@ K8S = ROOT / "k8s"
 KUSTOMIZATIONS = ["base", "overlays/cpu", "overlays/gpu"]
 K8S_VERSION = "1.30.0"  # the oldest Kubernetes these manifests are checked against ...
 K8S_VERSIONS = [K8S_VERSION, kubernetes_validate.utils.latest_version()]  # ... and the newest known
-CORE_KINDS = {"Namespace", "PersistentVolumeClaim", "Secret", "Service", "PodTemplate"}
+CORE_KINDS = {"Namespace", "PersistentVolumeClaim", "Secret", "NetworkPolicy", "Service", "PodTemplate"}
 IMAGE = "ghcr.io/kronk-ai/kronk"
+HF_SECRET, RAY_SECRET, KEYS_SECRET = "kronk-hf-token", "kronk-ray-token", "kronk-api-keys"
+SERVE_PORT = 8000
+# the ports the NetworkPolicy opens, beyond the Serve port, to named pods outside the cluster: the KubeRay
+# operator deploys serveConfigV2 through the dashboard; Prometheus scrapes Ray's metrics (podmonitor.yaml)
+OUTSIDE_EXCEPTIONS = {(("app.kubernetes.io/name", "kuberay-operator"),): {8265},
+                      (("app.kubernetes.io/name", "prometheus"),): {8080, 44217, 44227}}
 
 
 def _gen():
@@ -160,6 +169,19 @@ def ray_container(group: dict[str, Any]) -> dict[str, Any]:
     return group["template"]["spec"]["containers"][0]  # KubeRay runs Ray in the first container
 
 
+def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def secret_ref(env: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """The secretKeyRef env var ``name`` takes its value from (and never a literal value)."""
+    assert name in env, f"no {name}"
+    assert "value" not in env[name], f"{name} must come from a Secret, not a literal"
+    return env[name]["valueFrom"]["secretKeyRef"]
+
+
 # ---------------------------------------------------------------------------- structure of the CRDs
 
 _OBJ = {"type": "object"}
@@ -209,6 +231,11 @@ RAYSERVICE_SCHEMA = {
                                            "envFrom": {"type": "array"}, "volumeMounts": {"type": "array"},
                                            "securityContext": _OBJ}},
                         "headServiceAnnotations": _STR_MAP,
+                        "authOptions": {
+                            "type": "object", "additionalProperties": False,
+                            "properties": {"mode": {"enum": ["disabled", "token"]},
+                                           "secretName": {"type": "string", "minLength": 1},
+                                           "enableK8sTokenAuth": {"type": "boolean"}}},
                         "headGroupSpec": {
                             "type": "object", "required": ["template"], "additionalProperties": False,
                             "properties": {**_GROUP_COMMON, "serviceType": {"type": "string"},
@@ -254,6 +281,12 @@ MONITOR_SCHEMA = {
         "type": "object", "required": ["port"], "additionalProperties": False,
         "properties": {"port": {"type": "string"}, "path": {"type": "string", "pattern": "^/"},
                        "interval": {"type": "string", "pattern": r"^\d+[smh]$"},
+                       "authorization": {
+                           "type": "object", "required": ["credentials"], "additionalProperties": False,
+                           "properties": {"type": {"type": "string"}, "credentials": {
+                               "type": "object", "required": ["name", "key"], "additionalProperties": False,
+                               "properties": {"name": {"type": "string"}, "key": {"type": "string"},
+                                              "optional": {"type": "boolean"}}}}},
                        "relabelings": {"type": "array", "items": {
                            "type": "object", "additionalProperties": False,
                            "properties": {"sourceLabels": {"type": "array"}, "targetLabel": {"type": "string"},
@@ -277,7 +310,8 @@ def test_every_manifest_file_belongs_to_a_kustomization() -> None:
 def test_kustomizations_render_the_expected_resources(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     name, docs = rendered
     assert sorted(d["kind"] for d in docs) == sorted(
-        ["Namespace", "PersistentVolumeClaim", "Secret", "RayService", "PodMonitor", "ServiceMonitor"])
+        ["Namespace", "PersistentVolumeClaim", "Secret", "Secret", "Secret", "RayService", "NetworkPolicy",
+         "PodMonitor", "ServiceMonitor"])
     for d in docs:
         assert d["metadata"]["labels"]["app.kubernetes.io/name"] == "kronk", d["kind"]
         if d["kind"] == "Namespace":
@@ -354,7 +388,7 @@ def test_every_pod_mounts_the_shared_models_volume_and_gets_the_token(
 ) -> None:
     _, docs = rendered
     pvc = one(docs, "PersistentVolumeClaim")
-    secret = one(docs, "Secret")
+    secret = named(docs, "Secret", HF_SECRET)
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     assert "data" not in secret and "stringData" not in secret  # applying never overwrites a token set by hand
     for gname, g in groups(one(docs, "RayService")).items():
@@ -392,6 +426,92 @@ def test_service_and_monitors_select_what_exists(rendered: tuple[str, list[dict[
         assert selector <= g["template"]["metadata"]["labels"].items(), f"the PodMonitor misses the {gname} pods"
         pod_ports |= {p["name"] for p in ray_container(g)["ports"]}
     assert {e["port"] for e in pm["spec"]["podMetricsEndpoints"]} <= pod_ports
+
+
+# ---------------------------------------------------------------------------- the control plane (docs/security.md)
+
+def test_ray_token_authentication_is_on_in_every_ray_container(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    secret = named(docs, "Secret", RAY_SECRET)
+    assert "data" not in secret and "stringData" not in secret  # never a token in git, never overwritten
+    cfg = one(docs, "RayService")["spec"]["rayClusterConfig"]
+    # KubeRay (1.6+) reads the token from this Secret to talk to the dashboard (deploying serveConfigV2)
+    assert cfg["authOptions"] == {"mode": "token", "secretName": RAY_SECRET}
+    major, minor, _ = (int(x) for x in cfg["rayVersion"].split("."))
+    assert (major, minor) >= (2, 52), "Ray's token authentication needs Ray 2.52 or newer"
+    containers = {"autoscaler": cfg["autoscalerOptions"]}
+    for gname, g in groups(one(docs, "RayService")).items():
+        for c in g["template"]["spec"]["containers"] + g["template"]["spec"].get("initContainers", []):
+            containers[f"{gname}/{c['name']}"] = c
+    for where, c in containers.items():
+        env = {e["name"]: e for e in c.get("env", [])}
+        assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", where
+        # required: a pod without the Secret does not start, rather than run a Ray without the token
+        assert secret_ref(env, "RAY_AUTH_TOKEN") == {"name": RAY_SECRET, "key": "auth_token"}, where
+        assert "RAY_AUTH_TOKEN_PATH" not in env, where
+
+
+def _outside_rules(policy: dict[str, Any], own: set[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The ingress rules of ``policy`` that admit anything besides pods of this namespace carrying ``own``."""
+    def own_pods(peer: dict[str, Any]) -> bool:
+        labels = set((peer.get("podSelector") or {}).get("matchLabels", {}).items())
+        return set(peer) == {"podSelector"} and bool(labels) and labels <= own and "matchExpressions" not in \
+            peer["podSelector"]
+    return [r for r in policy["spec"].get("ingress", []) if not r.get("from") or not all(map(own_pods, r["from"]))]
+
+
+def test_network_policy_admits_only_the_serve_port_from_outside_the_cluster(
+    rendered: tuple[str, list[dict[str, Any]]]
+) -> None:
+    _, docs = rendered
+    policy = named(docs, "NetworkPolicy", "kronk-ray")
+    rs = one(docs, "RayService")
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    selector = set(policy["spec"]["podSelector"]["matchLabels"].items())
+    assert selector and "matchExpressions" not in policy["spec"]["podSelector"]
+    labels = {g: set(spec["template"]["metadata"]["labels"].items()) for g, spec in groups(rs).items()}
+    for gname, have in labels.items():
+        assert selector <= have, f"the NetworkPolicy does not select the {gname} pods"
+    own = set.intersection(*labels.values())  # what every pod of the cluster carries
+    # Ray between the cluster's own pods: every port
+    assert any(not r.get("ports") and r.get("from") and r not in _outside_rules(policy, own)
+               for r in policy["spec"]["ingress"]), "Ray's traffic between the cluster's pods must stay allowed"
+    svc_ports = {p["targetPort"] for p in rs["spec"]["serveService"]["spec"]["ports"]}
+    assert svc_ports == {SERVE_PORT}
+    open_to_all: set[int] = set()
+    for rule in _outside_rules(policy, own):
+        assert rule.get("ports"), f"a rule admits every port from outside the cluster: {rule}"
+        ports = {p["port"] for p in rule["ports"]}
+        assert all(p.get("protocol", "TCP") == "TCP" and isinstance(p["port"], int) and "endPort" not in p
+                   for p in rule["ports"]), rule
+        peers = rule.get("from") or []
+        if not peers or any("ipBlock" in p or not (p.get("podSelector") or {}).get("matchLabels") for p in peers):
+            open_to_all |= ports  # any pod, any address
+            continue
+        for peer in peers:  # named pods elsewhere: only the exceptions, each to its own ports
+            key = tuple(sorted(peer["podSelector"]["matchLabels"].items()))
+            assert key in OUTSIDE_EXCEPTIONS, f"the NetworkPolicy admits unexpected pods: {peer}"
+            assert ports <= OUTSIDE_EXCEPTIONS[key], f"{key} may reach {sorted(ports)}"
+    assert open_to_all == {SERVE_PORT}, f"open to anyone: {sorted(open_to_all)} (only the Serve port may be)"
+    head_ports = {p["name"]: p["containerPort"] for p in ray_container(groups(rs)["head"])["ports"]}
+    for name in ("gcs", "client"):  # the GCS and the Ray Client server: never from outside the cluster
+        assert all(head_ports[name] not in {p["port"] for p in r["ports"]} for r in _outside_rules(policy, own))
+
+
+def test_service_monitor_sends_a_bearer_key_from_a_secret(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    keys = named(docs, "Secret", KEYS_SECRET)
+    assert "data" not in keys and "stringData" not in keys
+    [endpoint] = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    auth = endpoint["authorization"]
+    assert auth.get("type", "Bearer") == "Bearer"
+    assert auth["credentials"] == {"name": KEYS_SECRET, "key": "metrics"}
+    assert not {"bearerTokenFile", "bearerTokenSecret", "basicAuth", "params"} & set(endpoint)
+    for gname, g in groups(one(docs, "RayService")).items():  # the key Prometheus sends is one kronk accepts
+        env = {e["name"]: e for e in ray_container(g)["env"]}
+        assert secret_ref(env, "KRONK_API_KEYS") == {"name": KEYS_SECRET, "key": "api_keys", "optional": True}, \
+            gname
 
 
 def _serve_config(docs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -101,14 +101,15 @@ def test_pull_through_the_actor_seen_by_another_client(ray_cluster, hub: HubServ
                        and s["labels"].get("status") == "succeeded")
         until(lambda: pulls_on_board() == 1, 30, "the succeeded pull on the board")
         models = ray.get(mm.list_models.remote())
-        assert [m["name"] for m in models] == [ref]
-        assert Path(models[0]["path"]).stat().st_size == SIZE
-        assert " " in models[0]["path"]  # the models dir with a space was used
+        assert [m["name"] for m in models] == [ref] and "path" not in models[0]  # plain data, no path
+        loaded = ray.get(mm.resolve.remote(ref))  # the path to load: only for whoever loads it
+        assert Path(loaded).stat().st_size == SIZE
+        assert " " in loaded  # the models dir with a space was used
 
         # resolve pulls what is missing (blocking) and returns the path to load
         path = ray.get(mm.resolve.remote({"name": "small", "source": f"hf.co/{REPO}:Q8_0"}))
         assert Path(path).stat().st_size == 300_000
-        assert ray.get(mm.resolve.remote(ref)) == models[0]["path"]
+        assert ray.get(mm.resolve.remote(ref)) == loaded
         with pytest.raises(ModelNotFound):
             ray.get(mm.resolve.remote("no-such-model:1b"))
         assert {e["name"] for e in ray.get(mm.catalog.remote("gemma3"))} >= {"gemma3-270m", "gemma3:1b"}

@@ -57,6 +57,13 @@ def test_hand_deleted_model_is_not_listed_and_server_started(env):
     assert "gemma3-270m" in v1
 
 
+def test_deleting_the_served_model_is_a_conflict(env):
+    url, models = env
+    r = httpx.delete(url + "/v1/models/gemma3-270m", timeout=30)  # through the model manager actor
+    assert r.status_code == 409 and r.json()["error"]["code"] == "model_in_use"
+    assert "gemma3-270m" in listed(url)[0] and list(models.glob("gemma3-270m/*.gguf"))
+
+
 def test_pull_survives_client_disconnect_and_others_see_progress(env, hub):
     url, models = env
     hold = hub.hold(REPO, FILE, after=500_000)
@@ -79,8 +86,8 @@ def test_pull_survives_client_disconnect_and_others_see_progress(env, hub):
     assert name in store and name in v1
     card = next(m for m in httpx.get(url + "/v1/models", timeout=30).json()["data"] if m["id"] == name)
     assert card["served"] is False
-    assert str(models) in next(m["path"] for m in httpx.get(url + "/v1/store/models", timeout=30).json()["data"]
-                               if m["name"] == name)
+    listing = httpx.get(url + "/v1/store/models", timeout=30).text  # no path of the server's disk
+    assert name in listing and str(models) not in listing
 
     # deleted by hand: gone from both listings at once
     folder = next(p for p in models.iterdir() if p.is_dir() and "Tiny" in p.name)

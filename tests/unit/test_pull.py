@@ -334,7 +334,8 @@ def test_second_start_joins_the_running_job(tmp_path: Path, hub: HubServer) -> N
     done = mgr.wait(job.id, timeout=20).snapshot()
     assert done["status"] == "succeeded" and done["error"] is None
     assert done["bytes_done"] == SIZE and done["finished_at"] >= done["started_at"]
-    assert Path(done["manifest"]["path"]).read_bytes() == DATA
+    assert done["manifest"]["name"] == f"hf.co/{REPO}:Q4_K_M" and str(mgr.store.root) not in json.dumps(done)
+    assert mgr.store.get(f"hf.co/{REPO}:Q4_K_M").primary_path.read_bytes() == DATA
     assert hub.served[hub.key(REPO, FILE)] == SIZE
     assert mgr.start(f"hf.co/{REPO}:Q4_K_M").id != job.id  # a finished job is not joined
 

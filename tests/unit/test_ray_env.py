@@ -1,9 +1,12 @@
-"""The Ray settings kronk starts its local cluster with are defaults: the user's environment wins."""
+"""The Ray settings kronk starts its local cluster with: defaults the user's environment overrides, and Ray's
+control plane kept to loopback with token authentication on (docs/security.md)."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from deployments.ray_env import RAY_ENV, apply_ray_env
 from tests.waiting import until
@@ -90,3 +93,79 @@ def test_serve_config_tells_serve_run_users_every_setting():
     exported = {w.split("=")[0]: w.split("=")[1] for line in text.splitlines() if line.startswith("#")
                 for w in line.replace("export", " ").replace("\\", " ").replace("#", " ").split() if "=" in w}
     assert {k: exported.get(k) for k in RAY_ENV} == RAY_ENV
+
+
+# ---------------------------------------------------------------------------- Ray's control plane
+
+
+def test_the_control_plane_settings_are_names_ray_reads():
+    # the names must be Ray's own, or the settings silently do nothing
+    from ray._private import ray_constants
+    from ray._private.authentication import authentication_token_setup
+    from ray.core.generated import gcs_service_pb2_grpc
+
+    from deployments.ray_env import AUTH_MODE_VAR, GCS_PROBE_METHOD, SINGLE_MACHINE_VAR
+
+    assert ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR == SINGLE_MACHINE_VAR
+    assert authentication_token_setup.AUTH_MODE_ENV_VAR == AUTH_MODE_VAR
+    assert f"'{GCS_PROBE_METHOD}'" in Path(gcs_service_pb2_grpc.__file__).read_text()
+
+
+def test_loopback_node_keeps_the_node_address_loopback_and_restores_ray_after(monkeypatch):
+    from ray._private import ray_constants, services
+
+    from deployments.ray_env import LOOPBACK, SINGLE_MACHINE_VAR, loopback_node
+
+    monkeypatch.delenv(SINGLE_MACHINE_VAR, raising=False)
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    with loopback_node() as ip:
+        assert ip == LOOPBACK
+        # what ray.init does with _node_ip_address: without loopback_node it becomes the machine's address
+        assert services.resolve_ip_for_localhost(ip) == LOOPBACK
+        assert os.environ[SINGLE_MACHINE_VAR] == "0"  # Ray's processes started now read it
+    assert ray_constants.ENABLE_RAY_CLUSTER is before and SINGLE_MACHINE_VAR not in os.environ
+    monkeypatch.setenv(SINGLE_MACHINE_VAR, "1")
+    with loopback_node():
+        pass
+    assert os.environ[SINGLE_MACHINE_VAR] == "1"
+
+
+def test_token_auth_problem_names_the_fix():
+    from deployments.ray_env import token_auth_problem
+
+    assert token_auth_problem({}) is None  # Ray 2.60 turns it on for a new local cluster
+    assert token_auth_problem({"RAY_AUTH_MODE": "token"}) is None
+    assert token_auth_problem({"RAY_AUTH_MODE": " TOKEN "}) is None
+    problem = token_auth_problem({"RAY_AUTH_MODE": "disabled"})
+    assert problem and "RAY_AUTH_MODE=disabled" in problem and "unset RAY_AUTH_MODE" in problem
+
+
+def test_launch_refuses_a_local_ray_without_token_authentication_before_starting_it(monkeypatch, tmp_path):
+    import ray
+
+    from deployments.launch import InsecureRay, Launch
+    from kronk.processes import descendants
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    before = set(descendants(os.getpid()))
+    said: list[str] = []
+    launch = Launch({"home": str(tmp_path)}, say=said.append)
+    try:
+        with pytest.raises(InsecureRay) as e:
+            launch.start()
+    finally:
+        launch.stop()
+    msg = str(e.value)
+    assert "RAY_AUTH_MODE=disabled turns Ray's token authentication off" in msg
+    assert "unset RAY_AUTH_MODE" in msg and "--insecure true (KRONK_INSECURE=1)" in msg
+    assert not ray.is_initialized() and set(descendants(os.getpid())) == before  # nothing was started
+    assert not any("starting a local Ray" in line for line in said)
+
+
+def test_loopback_addresses_are_known():
+    from deployments.ray_env import is_loopback_address
+
+    for address in ("127.0.0.1:6379", "localhost:6379", "[::1]:6379", "127.0.0.2:1"):
+        assert is_loopback_address(address), address
+    for address in ("10.0.0.5:6379", "ray://127.0.0.1:10001", "auto", "local", "head.kronk.svc:6379"):
+        assert not is_loopback_address(address), address

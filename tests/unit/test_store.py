@@ -272,4 +272,6 @@ def test_pull_of_pypi_model_needs_no_network(store: ModelStore) -> None:
 def test_manifest_to_dict_is_plain_data(store: ModelStore) -> None:
     m = fake_model(store, "a:1b")
     d = json.loads(json.dumps(m.to_dict()))
-    assert d["path"] == str(m.primary_path) and d["size_bytes"] == 1004 and d["files"][0]["name"] == "m.gguf"
+    assert d["size_bytes"] == 1004 and d["files"][0]["name"] == "m.gguf" and d["primary"] == "m.gguf"
+    # clients see these dicts: no absolute path (in-process callers have m.primary_path)
+    assert not {"dir", "path", "mmproj_path"} & set(d) and str(store.root) not in json.dumps(d)

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from kronk.api.app import create_app
 from kronk.engine.protocol import EngineStats, Timings, Usage
+from kronk.security.access import Access
 from kronk.serving.local import LocalBackend
 from kronk.settings import Settings
 from kronk.telemetry import prometheus, specs
@@ -213,14 +214,16 @@ def test_a_failing_sink_is_turned_off_and_the_store_keeps_counting(sink):
 
 def test_middleware_counts_requests_and_keeps_request_ids(tmp_path):
     fresh_recorder = Recorder("ingress", "test", use_sink=False)
-    app = create_app(LocalBackend.of_services({}, Settings(home=tmp_path)), recorder=fresh_recorder)
+    app = create_app(LocalBackend.of_services({}, Settings(home=tmp_path)), recorder=fresh_recorder,
+                     access=Access(allowed_hosts=["testserver"]))  # TestClient's Host
     with TestClient(app) as c:
         assert c.get("/health").status_code == 200
         r = c.post("/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]},
                    headers={"x-request-id": "client-id-1"})
         assert r.status_code == 404 and r.headers["x-request-id"] == "client-id-1"
         assert c.get("/no/such/path").status_code == 404
-        assert c.post("/v1/completions", content=b"not json").status_code == 400
+        assert c.post("/v1/completions", content=b"not json",
+                      headers={"content-type": "application/json"}).status_code == 400
         metrics = c.get("/metrics")
         stats = c.get("/v1/stats").json()
     assert metrics.headers["content-type"].startswith("text/plain")

@@ -20,6 +20,7 @@ from kronk.api.app import create_app
 from kronk.api.families import HANDLERS
 from kronk.engine import EngineConfig
 from kronk.engine.engine import LlamaEngine
+from kronk.security.access import Access
 from kronk.serving.local import LocalBackend
 from kronk.serving.service import ModelService
 from kronk.settings import Settings
@@ -57,7 +58,8 @@ def client(tmp_path_factory):
                                       chat_template="gemma"))
     try:
         settings = Settings(home=tmp_path_factory.mktemp("home"))
-        app = create_app(LocalBackend.of_services({MODEL: ModelService(engine, MODEL, HANDLERS)}, settings))
+        app = create_app(LocalBackend.of_services({MODEL: ModelService(engine, MODEL, HANDLERS)}, settings),
+                         access=Access(allowed_hosts=["testserver"]))  # TestClient's Host
         with TestClient(app) as c:
             yield c
     finally:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from kronk.api.limits import RESERVED_TEMPLATE_KWARGS, check_count, check_schema, limits_of
 from kronk.api.schemas import MaxTokens, ResponseFormat, SamplingFields
 from kronk.parsers.types import ToolCall
 
@@ -53,6 +54,12 @@ class FunctionDef(BaseModel):
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
+    @field_validator("parameters")
+    @classmethod
+    def _schema_limits(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        check_schema(v, limits_of(info))
+        return v
+
 
 class Tool(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -74,6 +81,28 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     chat_template_kwargs: dict[str, Any] | None = None
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _messages_count(cls, v: Any, info: ValidationInfo) -> Any:
+        check_count(v, limits_of(info).max_messages, "messages", "max_messages")
+        return v
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools_count(cls, v: Any, info: ValidationInfo) -> Any:
+        check_count(v, limits_of(info).max_tools, "tools", "max_tools")
+        return v
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _no_reserved_kwargs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        taken = sorted(set(v or ()) & RESERVED_TEMPLATE_KWARGS)
+        if taken:
+            raise ValueError(f"chat_template_kwargs may not set {', '.join(taken)}: the server renders the "
+                             f"template with {'it' if len(taken) == 1 else 'them'} (send messages and tools as "
+                             f"request fields)")
+        return v
 
     @model_validator(mode="after")
     def _checks(self) -> ChatCompletionRequest:

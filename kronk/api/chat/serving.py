@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from kronk.api.chat.schemas import ChatCompletionRequest
 from kronk.api.generation import all_chunks, first_chunk, format_grammar, generation_request, usage_dict, whole_text
+from kronk.api.limits import check_completion_fits
 from kronk.engine.grammar import json_schema_grammar
-from kronk.errors import ContextLengthExceeded, Unsupported
+from kronk.errors import ContextLengthExceeded, InvalidRequest, KronkError, Unsupported
 from kronk.parsers import (
     OutputParser,
     ReasoningParser,
@@ -68,6 +69,19 @@ def chat_messages(svc: ModelService, req: ChatCompletionRequest) -> list[dict[st
     return out
 
 
+def render_chat(svc: ModelService, messages: list[dict[str, Any]], tools: list[dict] | None,
+                kwargs: dict[str, Any]) -> str:
+    """The chat template over client data: whatever it cannot render (a value of a type it does not expect, in
+    chat_template_kwargs or the messages) is the client's 400, never a 500."""
+    try:
+        return svc.engine.apply_chat_template(messages, tools=tools, add_generation_prompt=True, **kwargs)
+    except KronkError:
+        raise
+    except Exception as e:
+        raise InvalidRequest(f"the model's chat template could not render this request ({type(e).__name__}: "
+                             f"{str(e)[:200]})", param="chat_template_kwargs" if kwargs else "messages") from e
+
+
 def prepare_chat(svc: ModelService, req: ChatCompletionRequest) -> ChatPrompt:
     """Render the chat template and tokenize, once (blocking: run it off the event loop)."""
     engine = svc.engine
@@ -93,18 +107,21 @@ def prepare_chat(svc: ModelService, req: ChatCompletionRequest) -> ChatPrompt:
             if schema is None:
                 parser_name = "generic" if parser_name not in ("hermes",) else parser_name
     kwargs = req.chat_template_kwargs or {}
-    text = engine.apply_chat_template(messages, tools=template_tools, add_generation_prompt=True, **kwargs)
+    text = render_chat(svc, messages, template_tools, kwargs)
     tokens = engine.tokenize(text)
     n_ctx = svc.n_ctx
-    if use_tools and choice == "auto" and n_ctx and len(tokens) >= n_ctx:
+    if use_tools and choice == "auto" and n_ctx and len(tokens) + (req.token_limit or 1) > n_ctx:
         # Clients such as OpenWebUI attach dozens of tools to every turn; when their descriptions
-        # alone overflow the context, answer without tools rather than refuse the chat.
+        # alone overflow the context (or leave no room for the token limit asked for), answer without
+        # tools rather than refuse the chat.
         log.warning("%s: %d tools do not fit the context; answering without them", svc.model_id, len(tools))
         use_tools, grammar = False, format_grammar(req.response_format)
-        text = engine.apply_chat_template(chat_messages(svc, req), add_generation_prompt=True, **kwargs)
+        text = render_chat(svc, chat_messages(svc, req), None, kwargs)
         tokens = engine.tokenize(text)
     if n_ctx and len(tokens) >= n_ctx:
         raise ContextLengthExceeded(len(tokens), n_ctx)
+    check_completion_fits(len(tokens), n_ctx, req.token_limit, prompt_part="the messages",
+                          param="max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens")
     tool_parser = get_tool_parser(parser_name, [t["function"]["name"] for t in tools]) if use_tools else None
     starts_in_reasoning = svc.reasoning and text.rstrip().endswith("<think>")
     reasoning = ReasoningParser(starts_in_reasoning=starts_in_reasoning) if svc.reasoning else None

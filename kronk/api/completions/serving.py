@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from kronk.api.completions.schemas import CompletionRequest
 from kronk.api.generation import all_chunks, first_chunk, format_grammar, generation_request, usage_dict, whole_text
+from kronk.api.limits import check_completion_fits
 from kronk.errors import ContextLengthExceeded, Unsupported
 from kronk.serving.call import RequestContext
 from kronk.serving.items import SSE_DONE, Item, sse
@@ -26,6 +27,7 @@ def prepare_completion(svc: ModelService, req: CompletionRequest) -> tuple[list[
     n_ctx = svc.n_ctx
     if n_ctx and len(tokens) >= n_ctx:
         raise ContextLengthExceeded(len(tokens), n_ctx, param="prompt")
+    check_completion_fits(len(tokens), n_ctx, req.token_limit, param="max_tokens", prompt_part="the prompt")
     return tokens, format_grammar(req.response_format)
 
 

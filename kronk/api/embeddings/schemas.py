@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
+from kronk.api.limits import check_count, limits_of
 from kronk.api.schemas import ModelRequest
 
 
@@ -13,6 +14,13 @@ class EmbeddingRequest(ModelRequest):
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input_count(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, list) and v and not all(isinstance(x, int) for x in v):  # a list of token ids is one
+            check_count(v, limits_of(info).max_embedding_inputs, "inputs", "max_embedding_inputs")
+        return v
 
     @field_validator("input")
     @classmethod

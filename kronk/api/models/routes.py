@@ -13,8 +13,11 @@ from fastapi.responses import StreamingResponse
 
 from kronk.api.http import backend_of, check_model, installed_models, ops_of, read_json
 from kronk.api.models.schemas import PullRequest
+from kronk.api.schemas import json_body
 from kronk.errors import ModelNotFound, NotFound
+from kronk.security.auth import ADMIN_ONLY
 from kronk.serving.backend import ModelOps
+from kronk.store.errors import ModelInUse
 from kronk.telemetry import tracing
 
 router = APIRouter()
@@ -42,7 +45,7 @@ async def _progress(ops: ModelOps, job: dict[str, Any], interval: float = 0.5) -
 
 
 # ---- pulls and the store: before /v1/models/{id}, which would otherwise take /v1/models/pull
-@router.post("/v1/models/pull")
+@router.post("/v1/models/pull", dependencies=ADMIN_ONLY, openapi_extra=json_body(PullRequest))
 async def pull(request: Request) -> Any:
     body = await read_json(request)
     if "model" not in body and "name" in body:  # Ollama spelling
@@ -72,7 +75,7 @@ async def pull_job(job_id: str, request: Request, stream: bool = False) -> Any:
     return job
 
 
-@router.delete("/v1/models/pull/{job_id}")
+@router.delete("/v1/models/pull/{job_id}", dependencies=ADMIN_ONLY)
 async def cancel_pull(job_id: str, request: Request) -> dict[str, Any]:
     ops = ops_of(request)
     if await ops.call("job", job_id) is None:
@@ -116,9 +119,16 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
 
 
-@router.delete("/v1/models/{model_id:path}")
+@router.delete("/v1/models/{model_id:path}", dependencies=ADMIN_ONLY)
 async def remove(model_id: str, request: Request) -> dict[str, Any]:
+    """Delete an installed model; 409 while a served model uses its files (its replicas map them: deleting
+    them under a running engine, on shared storage on other nodes too, can crash it)."""
     ops = ops_of(request)
+    served = await backend_of(request).model_ids()
+    if served and (user := await ops.call("served_as", model_id, served)) is not None:
+        alias = f" (as {user!r})" if user != model_id else ""
+        raise ModelInUse(f"model {model_id!r} is being served{alias}: stop serving it (take it out of the server's "
+                         "models and restart) before deleting its files", param="model")
     if not await ops.call("remove", model_id):
         raise NotFound(f"model {model_id!r} is not installed", param="model")
     return {"id": model_id, "object": "model", "deleted": True}

@@ -1,0 +1,134 @@
+"""Limits on everything a client controls, and the checks that keep a hostile body from costing more than them.
+
+:class:`Limits` holds the request-limit settings (``max_body_bytes`` ... in kronk/settings.py), built once from
+Settings by the app's creator and kept in ``app.state.limits``. The body's size and nesting are checked while it is
+read (kronk/api/http.py: read_json); the request's fields are checked by its pydantic validators, which find the
+limits in pydantic's validation context (``schema.model_validate(body, context={"limits": limits})``) and fall back
+to the defaults when validated without one. docs/limits.md lists every limit and what a request over it gets.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+from pydantic import ValidationInfo
+
+from kronk.errors import ContextLengthExceeded
+from kronk.settings import Settings
+
+# The names a chat template is rendered with (kronk/engine/chat.py: ChatTemplate.render and its Jinja globals,
+# and Jinja's own globals): chat_template_kwargs may not replace them.
+RESERVED_TEMPLATE_KWARGS = frozenset({
+    "messages", "tools", "add_generation_prompt", "bos_token", "eos_token",
+    "raise_exception", "strftime_now", "range", "dict", "lipsum", "cycler", "joiner", "namespace",
+})
+
+# Python refuses to convert integers longer than this (sys.get_int_max_str_digits()): JSON's are limited by it.
+INT_MAX_DIGITS = 4300
+
+
+def _default(name: str) -> Any:
+    return Settings.model_fields[name].default
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The request limits in force (defaults: Settings' defaults)."""
+
+    max_body_bytes: int = _default("max_body_bytes")
+    max_json_depth: int = _default("max_json_depth")
+    max_messages: int = _default("max_messages")
+    max_stop: int = _default("max_stop")
+    max_stop_length: int = _default("max_stop_length")
+    max_logit_bias: int = _default("max_logit_bias")
+    max_schema_bytes: int = _default("max_schema_bytes")
+    max_schema_depth: int = _default("max_schema_depth")
+    max_tools: int = _default("max_tools")
+    max_embedding_inputs: int = _default("max_embedding_inputs")
+    max_model_name_length: int = _default("max_model_name_length")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def limits_of(info: ValidationInfo | None) -> Limits:
+    """The limits a validator runs under: the validation context's, else the defaults."""
+    ctx = info.context if info is not None else None
+    lim = ctx.get("limits") if isinstance(ctx, dict) else None
+    return lim if isinstance(lim, Limits) else DEFAULT_LIMITS
+
+
+def nesting_depth(value: Any, cap: int) -> int:
+    """How deeply objects and arrays nest in ``value`` (a scalar: 0), counted to ``cap + 1`` at most (iterative:
+    no recursion, whatever the depth)."""
+    depth, level = 0, [value] if isinstance(value, (dict, list)) else []
+    while level and depth <= cap:
+        depth += 1
+        below: list[Any] = []
+        for v in level:
+            items = v.values() if isinstance(v, dict) else v
+            below.extend(x for x in items if isinstance(x, (dict, list)))
+        level = below
+    return depth
+
+
+def check_schema(schema: Any, limits: Limits) -> None:
+    """A JSON schema within ``max_schema_depth`` and ``max_schema_bytes`` (else ValueError: a 400 naming them)."""
+    if schema is None:
+        return
+    depth = nesting_depth(schema, limits.max_schema_depth)
+    if depth > limits.max_schema_depth:
+        raise ValueError(f"the schema nests objects and arrays more than {limits.max_schema_depth} levels deep "
+                         f"(the server's max_schema_depth)")
+    size = len(json.dumps(schema, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    if size > limits.max_schema_bytes:
+        raise ValueError(f"the schema is {size} bytes of JSON; at most {limits.max_schema_bytes} are allowed "
+                         f"(the server's max_schema_bytes)")
+
+
+def check_count(v: Any, limit: int, what: str, setting: str) -> None:
+    """At most ``limit`` entries in a list or object (else ValueError: a 400 naming the limit)."""
+    if isinstance(v, (list, dict)) and len(v) > limit:
+        raise ValueError(f"at most {limit} {what} are allowed, got {len(v)} (the server's {setting})")
+
+
+def check_model_name(v: str, limits: Limits) -> None:
+    if len(v) > limits.max_model_name_length:
+        raise ValueError(f"a model name has at most {limits.max_model_name_length} characters, got {len(v)} "
+                         f"(the server's max_model_name_length)")
+
+
+def lone_surrogate_path(value: Any, path: tuple[str, ...] = ()) -> str | None:
+    """The dotted path of the first string (or object key) in ``value`` that holds a lone UTF-16 surrogate,
+    which no UTF-8 text can carry (None: none). ``value``'s nesting is already bounded (read_json)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return ".".join(path) or "body"
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = lone_surrogate_path(k, (*path, "<key>")) or lone_surrogate_path(v, (*path, str(k)))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = lone_surrogate_path(v, (*path, str(i)))
+            if found:
+                return found
+    return None
+
+
+def check_completion_fits(n_prompt: int, n_ctx: int, limit: int | None, param: str, prompt_part: str) -> None:
+    """A token limit (``max_tokens`` / ``max_completion_tokens``) that the context cannot hold after the prompt is
+    a 400, as OpenAI answers it (``context_length_exceeded``, the field as ``param``); no limit at all means the
+    rest of the context."""
+    if limit is not None and n_ctx and n_prompt + limit > n_ctx:
+        raise ContextLengthExceeded(n_prompt, n_ctx, param=param, n_completion=limit, prompt_part=prompt_part)

@@ -1,0 +1,99 @@
+"""Fuzz the served OpenAPI schema with schemathesis: whatever a client sends, the answer is never a 5xx.
+
+It runs against the in-process app over the real small models (tests/conftest.py ``api_url``), bounded (at most
+MAX_EXAMPLES cases per operation and generation mode) and derandomized (the same cases every run). The POST
+routes document their bodies from the pydantic requests (kronk/api/schemas.py: json_body), so the fuzzer explores
+the fields; ``model`` is narrowed to the served models so that cases reach the replica, and a token limit that the
+context could hold is lowered to a few tokens, so that the run stays short (a limit past the context is kept: it
+must be a 400). Read-only operations only: nothing that downloads (pulls) or changes the store or the keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.checks import not_a_server_error
+
+from tests.helpers import GEMMA, SMOL
+
+MAX_EXAMPLES = 30
+MAX_NEW_TOKENS = 4
+N_CTX = 2048  # tests/conftest.py: both models' slots
+GENERATING = ("/v1/chat/completions", "/v1/completions")
+MODEL_POSTS = (*GENERATING, "/v1/embeddings")
+# Read-only operations that need no model named (GET, by HTTP's rules), fuzzed in positive mode only.
+READS = ("/health", "/v1/stats", "/v1/models", "/v1/models/{model_id}", "/v1/models/pull",
+         "/v1/models/pull/{job_id}", "/v1/store/models", "/v1/catalog")
+
+
+@pytest.fixture(scope="module")
+def fuzz_schema(api_url: str) -> Any:
+    raw = httpx.get(api_url + "/openapi.json", timeout=30).json()
+    for path in MODEL_POSTS:
+        body = raw["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        body["properties"]["model"] = {"type": "string", "enum": [GEMMA, SMOL]}
+    return schemathesis.openapi.from_dict(raw)
+
+
+def test_the_post_routes_document_their_request_bodies(api_url):
+    paths = httpx.get(api_url + "/openapi.json", timeout=30).json()["paths"]
+    for path, field in [("/v1/chat/completions", "messages"), ("/v1/completions", "prompt"),
+                        ("/v1/embeddings", "input"), ("/v1/models/pull", "model")]:
+        body = paths[path]["post"]["requestBody"]
+        schema = body["content"]["application/json"]["schema"]
+        assert body["required"] and field in schema["properties"] and field in schema["required"], path
+        assert "$ref" not in str(schema) and "$defs" not in str(schema)  # inlined: the document has no $defs
+
+
+def bounded(case: Any) -> None:
+    """A token limit the context could hold (or none: the rest of it) becomes MAX_NEW_TOKENS; one past the
+    context is kept, to be refused."""
+    body = case.body
+    if case.operation.path not in GENERATING or not isinstance(body, dict):
+        return
+    asked = [body.get(k) for k in ("max_completion_tokens", "max_tokens")]
+    if all(v is None for v in asked):
+        body["max_tokens"] = MAX_NEW_TOKENS
+    for k in ("max_completion_tokens", "max_tokens"):
+        v = body.get(k)
+        if type(v) is int and 0 < v <= N_CTX:
+            body[k] = min(v, MAX_NEW_TOKENS)
+
+
+def fuzz(operation: Any, url: str, mode: schemathesis.GenerationMode) -> list[str]:
+    """Up to MAX_EXAMPLES derandomized cases of ``operation``; the 5xx answers (each with its curl command)."""
+    failures: list[str] = []
+
+    @settings(max_examples=MAX_EXAMPLES, derandomize=True, database=None, deadline=None,
+              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def run(case: Any) -> None:
+        bounded(case)
+        response = case.call(base_url=url, timeout=120)
+        try:
+            case.validate_response(response, checks=[not_a_server_error])
+        except Exception as e:
+            failures.append(f"{response.status_code} {response.text[:300]}\n  {case.as_curl_command()}\n  {e}")
+
+    run()
+    return failures
+
+
+@pytest.mark.parametrize("path", MODEL_POSTS)
+@pytest.mark.parametrize("mode", [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE])
+def test_no_request_body_gets_a_server_error(fuzz_schema, api_url, path, mode):
+    failures = fuzz(fuzz_schema[path]["POST"], api_url, mode)
+    assert not failures, "\n".join(failures)
+
+
+def test_no_read_gets_a_server_error(fuzz_schema, api_url):
+    ops = {(op.method.upper(), op.path) for op in (r.ok() for r in fuzz_schema.get_all_operations())}
+    failures = []
+    for path in READS:
+        assert ("GET", path) in ops, f"GET {path} is not in the served schema any more: update READS"
+        failures += fuzz(fuzz_schema[path]["GET"], api_url, schemathesis.GenerationMode.POSITIVE)
+    assert not failures, "\n".join(failures)
