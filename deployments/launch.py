@@ -47,6 +47,7 @@ from deployments.ray_env import (
     is_loopback_address,
     loopback_node,
     lower_ray_services,
+    protect_token_file,
     token_auth_problem,
 )
 from kronk.processes import descendants, terminate, wait_healthy
@@ -187,10 +188,12 @@ class Launch:
             cpus = self.num_cpus or max(os.cpu_count() or 1, cpus_needed(self.settings))
             self.say(f"starting a local Ray cluster ({cpus} logical CPUs, listening on loopback only)")
             self._before = set(descendants(os.getpid()))
+            protect_token_file()
             with loopback_node() as node_ip, _signals_around_ray_init():
                 ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address=node_ip,
                          namespace=APP_NAME, runtime_env=self.runtime_env, log_to_driver=self.log_to_driver,
                          configure_logging=False)
+            protect_token_file()  # ray.init writes one on the first start
         else:
             self.say(f"joining the Ray cluster at {self.settings.address}")
             # a cluster on this machine's loopback: this process's node address stays loopback as well
@@ -210,7 +213,11 @@ class Launch:
                      "RAY_AUTH_MODE=token (docs/security.md)")
             return
         gcs = ray.get_runtime_context().gcs_address
-        if not gcs_answers_without_token(gcs):
+        try:
+            if not gcs_answers_without_token(gcs):
+                return
+        except ConnectionError as e:  # e.g. a cluster with Ray's TLS (RAY_USE_TLS): a plain call cannot tell
+            self.say(f"{e}: make sure that cluster runs with RAY_AUTH_MODE=token (docs/security.md)")
             return
         if self.local:
             fix = "Ray's token authentication is off (RAY_AUTH_MODE); unset RAY_AUTH_MODE or set it to token"

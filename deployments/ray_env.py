@@ -32,7 +32,7 @@ Ray's token authentication turns them away. So the local cluster kronk starts li
 loopback only (:func:`loopback_node`), kronk refuses to start when the token
 authentication is off (:func:`token_auth_problem`), and checks after Ray started that its
 GCS refuses a client without the token (:func:`gcs_answers_without_token`), on a joined
-cluster too.
+cluster too; the token's file is kept from other users of the machine (:func:`protect_token_file`).
 """
 
 from __future__ import annotations
@@ -188,6 +188,29 @@ def token_auth_problem(environ: Mapping[str, str] | None = None) -> str | None:
         return None
     return (f"{AUTH_MODE_VAR}={mode} turns Ray's token authentication off, and then anyone who reaches Ray's "
             f"ports can run code as this server; unset {AUTH_MODE_VAR} (or set it to token)")
+
+
+def protect_token_file(environ: Mapping[str, str] | None = None) -> Path | None:
+    """Make the file Ray reads its token from readable by its owner only; returns it when it was not.
+
+    Ray writes ``~/.ray/auth_token`` (or reads ``RAY_AUTH_TOKEN_PATH``) with the default umask, so any user
+    of the machine may read it, and with it reach the loopback ports. A token in ``RAY_AUTH_TOKEN`` instead
+    is only in this process's environment (which other users cannot read). Files of other users are left
+    alone."""
+    env = os.environ if environ is None else environ
+    if env.get("RAY_AUTH_TOKEN"):
+        return None
+    path = Path(env["RAY_AUTH_TOKEN_PATH"]).expanduser() if env.get("RAY_AUTH_TOKEN_PATH") else (
+        Path(env.get("HOME") or Path.home()) / ".ray" / "auth_token")
+    try:
+        st = path.stat()
+        if st.st_uid != os.getuid() or not st.st_mode & 0o077:
+            return None
+        path.chmod(st.st_mode & 0o700)
+    except OSError:  # none yet (ray.init makes it), or not ours to change
+        return None
+    log.info("Ray's token file %s was readable by other users: now by its owner only", path)
+    return path
 
 
 def gcs_answers_without_token(address: str, timeout_s: float = 10.0) -> bool:

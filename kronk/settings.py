@@ -251,6 +251,13 @@ class Settings(BaseSettings):
     max_schema_depth: int = Field(
         default=32, ge=2, description="Deepest nesting of objects and arrays in a JSON schema (response_format, "
         "tool parameters).")
+    max_schema_repeat: int = Field(
+        default=1000, ge=1, description="Largest repetition count in a JSON schema (minLength, maxLength, minItems, "
+        "maxItems, minProperties, maxProperties, a pattern's {m,n}): the grammar grows with it, and llama.cpp "
+        "refuses (or, far beyond, crashes on) deeper ones.")
+    max_schema_repeat_total: int = Field(
+        default=16384, ge=1, description="Largest sum of the repetition counts in a JSON schema (and in all of a "
+        "request's tool schemas together): the grammar's size and the time to parse it grow with it.")
     max_tools: int = Field(default=128, ge=1, description="Most tools in one chat request.")
     max_embedding_inputs: int = Field(default=256, ge=1, description="Most inputs in one embeddings request.")
     max_model_name_length: int = Field(default=256, ge=8, description="Longest model name a request may send.")

@@ -10,6 +10,7 @@ to the defaults when validated without one. docs/limits.md lists every limit and
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -24,6 +25,13 @@ RESERVED_TEMPLATE_KWARGS = frozenset({
     "messages", "tools", "add_generation_prompt", "bos_token", "eos_token",
     "raise_exception", "strftime_now", "range", "dict", "lipsum", "cycler", "joiner", "namespace",
 })
+
+# JSON Schema keywords whose count becomes a repetition in the grammar (kronk/engine/grammar.py), and those whose
+# values are data, not schemas (not searched for them).
+REPEAT_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "minContains",
+                   "maxContains")
+DATA_KEYWORDS = ("enum", "const", "default", "examples", "example")
+_QUANTIFIER = re.compile(r"\{(\d*)(?:,(\d*))?\}")
 
 # Python refuses to convert integers longer than this (sys.get_int_max_str_digits()): JSON's are limited by it.
 INT_MAX_DIGITS = 4300
@@ -45,6 +53,8 @@ class Limits:
     max_logit_bias: int = _default("max_logit_bias")
     max_schema_bytes: int = _default("max_schema_bytes")
     max_schema_depth: int = _default("max_schema_depth")
+    max_schema_repeat: int = _default("max_schema_repeat")
+    max_schema_repeat_total: int = _default("max_schema_repeat_total")
     max_tools: int = _default("max_tools")
     max_embedding_inputs: int = _default("max_embedding_inputs")
     max_model_name_length: int = _default("max_model_name_length")
@@ -78,10 +88,11 @@ def nesting_depth(value: Any, cap: int) -> int:
     return depth
 
 
-def check_schema(schema: Any, limits: Limits) -> None:
-    """A JSON schema within ``max_schema_depth`` and ``max_schema_bytes`` (else ValueError: a 400 naming them)."""
+def check_schema(schema: Any, limits: Limits) -> int:
+    """A JSON schema within ``max_schema_depth``, ``max_schema_bytes``, ``max_schema_repeat`` and
+    ``max_schema_repeat_total`` (else ValueError: a 400 naming the limit); returns its repetition total."""
     if schema is None:
-        return
+        return 0
     depth = nesting_depth(schema, limits.max_schema_depth)
     if depth > limits.max_schema_depth:
         raise ValueError(f"the schema nests objects and arrays more than {limits.max_schema_depth} levels deep "
@@ -90,6 +101,48 @@ def check_schema(schema: Any, limits: Limits) -> None:
     if size > limits.max_schema_bytes:
         raise ValueError(f"the schema is {size} bytes of JSON; at most {limits.max_schema_bytes} are allowed "
                          f"(the server's max_schema_bytes)")
+    total = schema_repeats(schema, limits.max_schema_repeat)
+    check_repeat_total(total, limits)
+    return total
+
+
+def check_repeat_total(total: int, limits: Limits, what: str = "the schema's") -> None:
+    if total > limits.max_schema_repeat_total:
+        raise ValueError(f"{what} repetition counts add up to {total}; at most {limits.max_schema_repeat_total} "
+                         f"are allowed (the server's max_schema_repeat_total)")
+
+
+def schema_repeats(schema: Any, limit: int) -> int:
+    """The sum of the repetition counts in ``schema`` (REPEAT_KEYWORDS, the numbers of a pattern's ``{m,n}``),
+    each at most ``limit`` (else ValueError). The grammar holds every repetition written out (its size, and the
+    time llama.cpp takes to parse it, grow with the sum: a 64 KiB schema of maxLength 1000 strings made a 10 MB
+    grammar that took 7 s and 900 MB), and llama.cpp's grammar parser refuses a nesting of more than about a
+    thousand optional repetitions (maxLength 1100) and crashes the process far beyond (maxLength 20000; measured
+    with llama-cpp-python 0.3.x). Iterative: no recursion, whatever the nesting."""
+    total, todo = 0, [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list):
+            todo.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key, v in node.items():
+            if key in DATA_KEYWORDS:
+                continue
+            if key in REPEAT_KEYWORDS and type(v) is int and v > 0:
+                if v > limit:
+                    raise ValueError(f"{key} is {v}; at most {limit} is allowed (the server's max_schema_repeat)")
+                total += v
+            elif key == "pattern" and isinstance(v, str):
+                for m in _QUANTIFIER.finditer(v):
+                    if any(x and (len(x) > len(str(limit)) or int(x) > limit) for x in m.groups()):
+                        raise ValueError(f"the pattern's quantifier {m.group(0)[:40]} repeats more than {limit} "
+                                         f"times (the server's max_schema_repeat)")
+                    total += sum(int(x) for x in m.groups() if x)
+            elif isinstance(v, (dict, list)):
+                todo.append(v)
+    return total
 
 
 def check_count(v: Any, limit: int, what: str, setting: str) -> None:

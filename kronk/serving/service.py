@@ -33,6 +33,9 @@ T = TypeVar("T")
 # (service, validated request, context, observer) -> items
 Handler = Callable[["ModelService", Any, RequestContext, GenerationObserver], AsyncIterator[Item]]
 
+# Preparing a request this small (characters to render and tokenize) takes well under a millisecond: inline.
+INLINE_PREPARE_CHARS = 8192
+
 # Turn markers of common templates: if one shows up as text, the turn is over.
 TURN_MARKERS = ("<end_of_turn>", "<start_of_turn>", "<|im_end|>", "<|im_start|>", "<|eot_id|>",
                 "<|start_header_id|>", "<|end|>", "<|user|>", "<|endoftext|>", "</s>")
@@ -67,8 +70,14 @@ class ModelService:
         """Tokens one request's context holds (prompt and answer)."""
         return self.engine.stats().n_ctx_slot
 
-    async def prepare(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` off the event loop: template rendering, tokenization, grammar compilation."""
+    async def prepare(self, fn: Callable[..., T], *args: Any, size: int) -> T:
+        """``fn(*args)``: template rendering, tokenization, grammar compilation. ``size`` estimates the work (the
+        characters to render and tokenize; :data:`INLINE_PREPARE_CHARS` or more for a schema to compile): big
+        work runs off the event loop, so it never pauses other requests' streams; small work (microseconds)
+        runs inline, so that requests arriving together reach the engine together instead of one thread hop
+        apart (each hop waits for the GIL behind the decode thread)."""
+        if size < INLINE_PREPARE_CHARS:
+            return fn(*args)
         return await asyncio.to_thread(fn, *args)
 
     async def run(self, call: Call) -> AsyncIterator[Item]:

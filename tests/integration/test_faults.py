@@ -27,7 +27,7 @@ from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
-MODEL = {"name": GEMMA, "parallel": 4, "ctx_size": 1024, "num_cpus": 1}
+MODEL = {"name": GEMMA, "parallel": 4, "ctx_size": 1024, "num_cpus": 1, "threads": 1}
 REPO, FILE = "org/Tiny-GGUF", "tiny-Q4_K_M.gguf"
 
 
@@ -130,13 +130,20 @@ def test_a_replica_killed_mid_stream_behind_the_routing_ingress_ends_the_stream_
 
 
 def test_the_replica_front_sheds_load_with_503s_and_a_killed_replica_truncates_its_streams():
-    with serve_app({"http_front": "replica", "models": [{**MODEL, "max_queued": 8}]}) as url:
-        # 48 streams at once on 4 slots, at most 8 waiting: each completes or gets a 503, none is cut or hangs
+    timeout_s = 5
+    with serve_app({"http_front": "replica", "models": [{**MODEL, "max_queued": 8, "queue_timeout_s": timeout_s}]}
+                   ) as url:
+        # 48 streams at once on 4 slots, at most 8 waiting, at most 5 s: each completes or gets a 503, none is cut
+        # or hangs, and none waits longer (every call reaches the engine's queue: none waits in Serve's batching)
         t0 = time.monotonic()
-        seen = check_outcomes(run_streams(url, 48))
-        print(f"\nreplica front, 48 streams, 4 slots, max_queued=8: {seen}, all done in {time.monotonic() - t0:.1f} s")
+        results = run_streams(url, 48)
+        seen = check_outcomes(results)
+        print(f"\nreplica front, 48 streams, 4 slots, max_queued=8, queue_timeout_s={timeout_s}: {seen}, all done "
+              f"in {time.monotonic() - t0:.1f} s")
         assert seen["completed"] + seen["overloaded"] + seen["queue_timeout"] == 48
         assert 0 < seen["overloaded"] <= 48 - 4 - 8
+        waits = sorted(r["wait_s"] for r in results if r["status"] == 200)
+        assert waits[-1] < timeout_s + 10, waits  # its wait for a slot, plus its prompt and first token
 
         # the replica dies mid-stream: its connection dies with it
         stream = LongStream(url)

@@ -36,8 +36,9 @@ BROKEN_SEED = 4242  # the sampler chain of a request with this seed fails to bui
 
 
 def make_engine(**cfg: Any) -> LlamaEngine:
+    # one thread: llama.cpp's spinning threads slow down badly on a machine busy with other work
     return LlamaEngine(EngineConfig(model_path=gemma_path(), name=GEMMA, ctx_size=1024, chat_template="gemma",
-                                    **cfg))
+                                    threads=1, **cfg))
 
 
 @pytest.fixture
@@ -242,6 +243,18 @@ def test_serve_deployments_bound_their_own_queue_with_a_retry_after():
 
     assert (Cfg.from_model(q, "x.gguf").max_queued, Cfg.from_model(q, "x.gguf").queue_timeout_s) == (0, 5)
     assert (Cfg.from_model(settings.resolved_model("m"), "x.gguf").queue_timeout_s) == 120
+
+
+def test_every_call_a_replica_may_hold_reaches_its_engine():
+    """@serve.batch runs at most max_concurrent_batches batches at once and holds the calls beyond them in its own
+    queue, unbounded and untimed, where the engine cannot shed them. A batch has at least one call, and a batch
+    whose calls were all shed ends at once: with more batches than a replica's slots and wait queue, every call
+    reaches the engine (through the replica front as through Serve)."""
+    from deployments.llm import LlamaReplica
+
+    batching = LlamaReplica._batched.set_max_batch_size.__self__  # Serve's lazy batch queue settings
+    m = Settings().resolved_model("gemma3-270m")
+    assert batching.max_concurrent_batches > 2 * (m.parallel + m.max_queued)
 
 
 class _Gen:

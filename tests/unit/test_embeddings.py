@@ -53,7 +53,7 @@ def test_the_context_computes_at_most_one_micro_batch_of_512_tokens(model):
 @pytest.mark.parametrize("pooling", [llama_cpp.LLAMA_POOLING_TYPE_MEAN, llama_cpp.LLAMA_POOLING_TYPE_LAST,
                                      llama_cpp.LLAMA_POOLING_TYPE_CLS])
 def test_inputs_longer_than_a_micro_batch_pool_as_if_in_one(model, monkeypatch, pooling):
-    inputs = [tokens(model, 80, seed=1), tokens(model, 10, seed=2), tokens(model, 45, seed=3)]
+    inputs = [tokens(model, 110, seed=1), tokens(model, 10, seed=2), tokens(model, 45, seed=3)]
 
     def run(ubatch: int) -> list[list[float]]:
         monkeypatch.setattr(embeddings, "UBATCH", ubatch)
@@ -61,15 +61,18 @@ def test_inputs_longer_than_a_micro_batch_pool_as_if_in_one(model, monkeypatch, 
         r.pooling = pooling
         try:
             vectors, n = r.embed(inputs)
-            assert n == 135 and r.n_ubatch == ubatch and r.split
+            assert n == 165 and r.n_ubatch == ubatch and r.split
             return vectors
         finally:
             r.close()
 
     whole = run(256)  # all three inputs in one micro-batch: llama.cpp pools each on its own
-    split = run(32)  # the first spans three micro-batches, the others share one with its tail
+    split = run(64)  # 64 | 46 + 10 + 8 | 37: the first and the third span two micro-batches
+    # Not bit-equal: llama.cpp's numbers shift a little with a batch's shape and company (measured here:
+    # cosine >= 0.9993 for these inputs, 0.99955 for the 10-token input that is never split); a wrong
+    # combination is far off (the mean of the last part only: 0.983).
     for a, b in zip(whole, split, strict=True):
-        assert cosine(a, b) > 0.99999
+        assert cosine(a, b) > 0.995
     assert cosine(split[0], split[2]) < 0.999 or pooling == llama_cpp.LLAMA_POOLING_TYPE_CLS
 
 

@@ -11,7 +11,7 @@ import pytest
 from kronk.engine import EngineConfig, GenerationRequest, SamplingParams
 from kronk.engine.engine import LlamaEngine
 from kronk.engine.grammar import json_object_grammar, json_schema_grammar
-from kronk.errors import ContextLengthExceeded, InvalidRequest
+from kronk.errors import ContextLengthExceeded, EngineError, InvalidRequest
 from kronk.settings import KV_CACHE_TYPES
 from tests.models import gemma_path, smollm_path
 
@@ -57,6 +57,50 @@ async def test_concurrent_generations_equal_runs_alone(engine):
     again = [(await run(engine, p, max_tokens=40))[1] for p in PROMPTS]
     assert again == alone
     assert all(len(t) == 40 for t in alone)
+
+
+LONG_PROMPT = ("The old lighthouse keeper climbed the spiral stairs every evening, counting each of the one hundred "
+               "and twelve steps aloud. At the top he wound the clockwork, trimmed the wick and polished the great "
+               "lens until it shone. Ships passing in the night never knew his name, but they trusted the light. "
+               "One winter the storms came early, and for three days the keeper did not sleep. On the fourth day")
+
+
+async def test_a_small_batch_size_gives_the_same_outputs_alone_and_batched(engine):
+    """batch_size 32 with 4 slots: prompts prefill in 32-token chunks (the grid follows the micro-batch), and
+    every step stays within the 32-row llama_batch. Outputs are the same alone, batched and cached; and the
+    same as the default batch size's for prompts within one chunk (a longer prompt is computed in chunks of
+    another shape there, and llama.cpp's numbers shift with a chunk's shape: its output may differ)."""
+    small = LlamaEngine(EngineConfig(model_path=gemma_path(), parallel=4, ctx_size=1024, batch_size=32))
+    try:
+        assert (small.n_batch, small.prefill_grid) == (32, 32)
+        prompts = [LONG_PROMPT, *PROMPTS[:3]]
+        assert len(small.tokenize(LONG_PROMPT)) > 2 * 32  # three chunks, then its last token
+        alone = [(await run(small, p, max_tokens=16))[1] for p in prompts]
+        together = await asyncio.gather(*[run(small, p, max_tokens=16) for p in prompts])
+        assert [t[1] for t in together] == alone
+        again = [(await run(small, p, max_tokens=16))[1] for p in prompts]  # from the prefix cache
+        assert again == alone
+        assert alone[1:] == [(await run(engine, p, max_tokens=16))[1] for p in prompts[1:]]  # batch_size 512
+    finally:
+        small.close()
+
+
+async def test_a_batch_row_past_the_llama_batch_fails_the_step_instead_of_writing_there():
+    """The guard behind EngineConfig's rules (which keep every step within batch_size rows; llama.cpp itself
+    aborts the process at a context with more slots than batch rows): were a chunk ever larger than the
+    llama_batch, the step fails its requests with an EngineError instead of writing past the arrays."""
+    e = LlamaEngine(EngineConfig(model_path=gemma_path(), parallel=2, ctx_size=256, batch_size=16))
+    try:
+        assert (e.n_batch, e.prefill_grid) == (16, 16)
+        e.prefill_grid = 64  # as if a bug let a chunk outgrow the batch
+        with pytest.raises(EngineError, match="batch row 16 is outside the llama_batch of 16 rows"):
+            await run(e, LONG_PROMPT, max_tokens=4)
+        e.prefill_grid = 16
+        assert await wait_idle(e)
+        _, toks, last, _ = await run(e, "The capital of France is", max_tokens=4)  # the engine still serves
+        assert len(toks) == 4 and last.finish_reason == "length"
+    finally:
+        e.close()
 
 
 async def test_usage_and_finish_reasons(engine):

@@ -25,8 +25,8 @@ from kronk.settings import Settings, load_settings
 from tests.helpers import GEMMA, SMOL, http_server
 
 SMALL = Limits(max_body_bytes=4096, max_json_depth=12, max_messages=4, max_stop=2, max_stop_length=8,
-               max_logit_bias=2, max_schema_bytes=512, max_schema_depth=4, max_tools=2, max_embedding_inputs=2,
-               max_model_name_length=32)
+               max_logit_bias=2, max_schema_bytes=512, max_schema_depth=4, max_schema_repeat=50,
+               max_schema_repeat_total=80, max_tools=2, max_embedding_inputs=2, max_model_name_length=32)
 HI = [{"role": "user", "content": "hi"}]
 N_CTX = 2048  # tests/conftest.py: both models' slots
 
@@ -54,6 +54,15 @@ def error(r: httpx.Response, status: int = 400) -> dict:
 
 def tool(name: str, parameters: dict | None = None) -> dict:
     return {"type": "function", "function": {"name": name, "parameters": parameters or {"type": "object"}}}
+
+
+def json_schema(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
+
+def strings(*max_lengths: int) -> dict:
+    return {"type": "object", "properties": {f"p{i}": {"type": "string", "maxLength": n}
+                                             for i, n in enumerate(max_lengths)}}
 
 
 def nested(depth: int) -> dict:
@@ -163,6 +172,17 @@ LIMITED = [
      "more than 4 levels", "max_schema_depth"),
     ("tool schema size", {"messages": HI, "tools": [tool("a", {"type": "object", "description": "d" * 600})]},
      "tools.0.function.parameters", "at most 512 are allowed", "max_schema_bytes"),
+    ("schema repetition", {"messages": HI, "response_format": json_schema(strings(51))},
+     "response_format.json_schema.schema", "maxLength is 51; at most 50", "max_schema_repeat"),
+    ("schema pattern repetition", {"messages": HI, "response_format": json_schema(
+        {"type": "string", "pattern": "^a{2,51}$"})}, "response_format.json_schema.schema", "{2,51} repeats more "
+     "than 50", "max_schema_repeat"),
+    ("schema repetition total", {"messages": HI, "response_format": json_schema(strings(50, 31))},
+     "response_format.json_schema.schema", "add up to 81; at most 80", "max_schema_repeat_total"),
+    ("tool schema repetition", {"messages": HI, "tools": [tool("a", {"type": "array", "minItems": 51})]},
+     "tools.0.function.parameters", "minItems is 51", "max_schema_repeat"),
+    ("tool schemas' repetition total", {"messages": HI, "tools": [tool("a", strings(50)), tool("b", strings(31))]},
+     "tools", "add up to 81", "max_schema_repeat_total"),
     ("model name", {"model": "m" * 33, "messages": HI}, "model", "at most 32 characters", "max_model_name_length"),
     ("embedding inputs", {"input": ["a", "b", "c"], "_path": "/v1/embeddings"}, "input", "at most 2 inputs",
      "max_embedding_inputs"),
@@ -196,6 +216,17 @@ def test_within_the_limits_is_served(small_url):
     assert r.status_code == 200 and len(r.json()["data"]) == 2
     r = post(small_url, {"model": GEMMA, "input": list(range(2, 10))}, "/v1/embeddings")  # token ids: one input
     assert r.status_code == 200 and len(r.json()["data"]) == 1
+
+
+@pytest.mark.parametrize("schema", [strings(20_000), {"type": "array", "items": {"type": "integer"}, "maxItems": 10**5},
+                                    {"type": "string", "pattern": "^a{0,100000}$"}, strings(10**9)])
+def test_a_schema_whose_grammar_would_crash_or_exhaust_the_server_is_a_400(api_url, schema):
+    # maxLength 20000 crashed llama.cpp's grammar parser (the whole process); 10**9 wrote a grammar of gigabytes
+    err = error(post(api_url, {"model": SMOL, "messages": HI, "max_tokens": 1, "response_format": json_schema(schema)}))
+    assert err["param"] == "response_format.json_schema.schema" and "max_schema_repeat" in err["message"], err
+    err = error(post(api_url, {"model": SMOL, "messages": HI, "max_tokens": 1, "tool_choice": "required",
+                               "tools": [tool("f", schema)]}))
+    assert err["param"] == "tools.0.function.parameters" and "max_schema_repeat" in err["message"], err
 
 
 def test_nesting_deeper_than_max_json_depth_is_a_400(small_url):

@@ -169,3 +169,31 @@ def test_loopback_addresses_are_known():
         assert is_loopback_address(address), address
     for address in ("10.0.0.5:6379", "ray://127.0.0.1:10001", "auto", "local", "head.kronk.svc:6379"):
         assert not is_loopback_address(address), address
+
+
+def test_insecure_only_warns(tmp_path):
+    from deployments.launch import InsecureRay, Launch
+
+    said: list[str] = []
+    with pytest.raises(InsecureRay, match="open, or start with --insecure true"):
+        Launch({"home": str(tmp_path)}, say=said.append)._insecure("open")
+    Launch({"home": str(tmp_path), "insecure": True}, say=said.append)._insecure("open")
+    assert said == ["WARNING (--insecure): open"]
+
+
+def test_the_token_file_is_kept_from_other_users(tmp_path):
+    from deployments.ray_env import protect_token_file
+
+    token = tmp_path / ".ray" / "auth_token"
+    assert protect_token_file({"HOME": str(tmp_path)}) is None  # none yet: ray.init makes it
+    token.parent.mkdir()
+    token.write_text("t" * 64)
+    token.chmod(0o644)  # as Ray writes it, with the usual umask
+    assert protect_token_file({"HOME": str(tmp_path)}) == token
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert protect_token_file({"HOME": str(tmp_path)}) is None  # already private
+    other = tmp_path / "elsewhere"
+    other.write_text("t" * 64)
+    other.chmod(0o640)
+    assert protect_token_file({"RAY_AUTH_TOKEN_PATH": str(other)}) == other and other.stat().st_mode & 0o777 == 0o600
+    assert protect_token_file({"RAY_AUTH_TOKEN": "x", "HOME": str(tmp_path)}) is None  # only in the environment

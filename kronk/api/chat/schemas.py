@@ -6,7 +6,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from kronk.api.limits import RESERVED_TEMPLATE_KWARGS, check_count, check_schema, limits_of
+from kronk.api.limits import (
+    RESERVED_TEMPLATE_KWARGS,
+    check_count,
+    check_repeat_total,
+    check_schema,
+    limits_of,
+    schema_repeats,
+)
 from kronk.api.schemas import MaxTokens, ResponseFormat, SamplingFields
 from kronk.parsers.types import ToolCall
 
@@ -92,6 +99,15 @@ class ChatCompletionRequest(SamplingFields):
     @classmethod
     def _tools_count(cls, v: Any, info: ValidationInfo) -> Any:
         check_count(v, limits_of(info).max_tools, "tools", "max_tools")
+        return v
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_schemas_together(cls, v: list[Tool] | None, info: ValidationInfo) -> list[Tool] | None:
+        # each tool's schema is within the limits (FunctionDef); a forced call compiles them into one grammar
+        lim = limits_of(info)
+        total = sum(schema_repeats(t.function.parameters, lim.max_schema_repeat) for t in v or ())
+        check_repeat_total(total, lim, "the tools' parameter schemas'")
         return v
 
     @field_validator("chat_template_kwargs")

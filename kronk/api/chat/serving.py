@@ -23,6 +23,7 @@ from kronk.parsers import (
 )
 from kronk.serving.call import RequestContext
 from kronk.serving.items import SSE_DONE, Item, sse
+from kronk.serving.service import INLINE_PREPARE_CHARS
 from kronk.telemetry.generation import GenerationObserver
 
 if TYPE_CHECKING:
@@ -82,6 +83,17 @@ def render_chat(svc: ModelService, messages: list[dict[str, Any]], tools: list[d
                              f"{str(e)[:200]})", param="chat_template_kwargs" if kwargs else "messages") from e
 
 
+def chat_size(req: ChatCompletionRequest) -> int:
+    """How much preparing ``req`` costs, in characters (ModelService.prepare): its messages' text, the tools'
+    definitions, and any schema to compile counted as big."""
+    size = sum(len(m.text()) for m in req.messages) + 512 * len(req.tools or [])
+    if req.tools and req.tool_choice not in (None, "auto", "none"):
+        size += INLINE_PREPARE_CHARS  # a forced call compiles its arguments' schemas into a grammar
+    if req.response_format is not None and req.response_format.type == "json_schema":
+        size += INLINE_PREPARE_CHARS
+    return size
+
+
 def prepare_chat(svc: ModelService, req: ChatCompletionRequest) -> ChatPrompt:
     """Render the chat template and tokenize, once (blocking: run it off the event loop)."""
     engine = svc.engine
@@ -130,7 +142,7 @@ def prepare_chat(svc: ModelService, req: ChatCompletionRequest) -> ChatPrompt:
 
 async def serve_chat(svc: ModelService, req: ChatCompletionRequest, ctx: RequestContext,
                      obs: GenerationObserver) -> AsyncIterator[Item]:
-    prompt = await svc.prepare(prepare_chat, svc, req)
+    prompt = await svc.prepare(prepare_chat, svc, req, size=chat_size(req))
     gen_req = generation_request(req, prompt.tokens, prompt.grammar, ctx.request_id, svc.stop_markers,
                                  svc.stop_token_ids)
     rid, created = "chatcmpl-" + ctx.request_id, int(time.time())

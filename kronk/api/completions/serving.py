@@ -12,6 +12,7 @@ from kronk.api.limits import check_completion_fits
 from kronk.errors import ContextLengthExceeded, Unsupported
 from kronk.serving.call import RequestContext
 from kronk.serving.items import SSE_DONE, Item, sse
+from kronk.serving.service import INLINE_PREPARE_CHARS
 from kronk.telemetry.generation import GenerationObserver
 
 if TYPE_CHECKING:
@@ -35,7 +36,10 @@ async def serve_completion(svc: ModelService, req: CompletionRequest, ctx: Reque
                            obs: GenerationObserver) -> AsyncIterator[Item]:
     if req.suffix:
         raise Unsupported("suffix (fill-in-the-middle) is not supported", param="suffix")
-    tokens, grammar = await svc.prepare(prepare_completion, svc, req)
+    size = len(req.prompt) if isinstance(req.prompt, str) else 0
+    if req.response_format is not None and req.response_format.type == "json_schema":
+        size += INLINE_PREPARE_CHARS
+    tokens, grammar = await svc.prepare(prepare_completion, svc, req, size=size)
     gen_req = generation_request(req, tokens, grammar, ctx.request_id)
     rid, created = "cmpl-" + ctx.request_id, int(time.time())
     echo = req.prompt if (req.echo and isinstance(req.prompt, str)) else ""
