@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kronk.errors import ErrorKind, KronkError
+from kronk.serving.items import Failure
 
 log = logging.getLogger("kronk.api")
 
@@ -33,7 +34,8 @@ def unwrap(exc: BaseException) -> BaseException:
 
 
 def kronk_error_response(exc: KronkError) -> JSONResponse:
-    return envelope(exc.kind.status, exc.message, exc.kind.type, exc.param, exc.code)
+    failure = Failure.of(exc)
+    return JSONResponse(failure.envelope(), status_code=failure.status, headers=failure.headers() or None)
 
 
 def validation_response(errors: list[dict]) -> JSONResponse:

@@ -1,11 +1,14 @@
 """Fuzz the served OpenAPI schema with schemathesis: whatever a client sends, the answer is never a 5xx.
 
-It runs against the in-process app over the real small models (tests/conftest.py ``api_url``), bounded (at most
-MAX_EXAMPLES cases per operation and generation mode) and derandomized (the same cases every run). The POST
+It runs against the in-process app over the real small models (tests/conftest.py ``api_url``), bounded and
+deterministic: schemathesis' coverage phase (boundary values and every kind of invalid value, field by field, with
+no randomness) and its fuzzing phase (at most MAX_EXAMPLES cases per operation and mode, derandomized). The POST
 routes document their bodies from the pydantic requests (kronk/api/schemas.py: json_body), so the fuzzer explores
-the fields; ``model`` is narrowed to the served models so that cases reach the replica, and a token limit that the
-context could hold is lowered to a few tokens, so that the run stays short (a limit past the context is kept: it
-must be a 400). Read-only operations only: nothing that downloads (pulls) or changes the store or the keys.
+the fields. To reach the replica rather than stop at the first 400, the test narrows the schema it fuzzes: ``model``
+is one of the served models, and a chat message has content (which the schema leaves optional: only an assistant
+message may go without), and ``tool_choice`` names no function (a named one must be among the tools). A token limit that the context could hold is lowered to a few tokens, so that the run
+stays short (a limit past the context is kept: it must be a 400). Read-only operations only: nothing that
+downloads (pulls) or changes the store or the keys.
 """
 
 from __future__ import annotations
@@ -21,21 +24,31 @@ from schemathesis.checks import not_a_server_error
 from tests.helpers import GEMMA, SMOL
 
 MAX_EXAMPLES = 30
-MAX_NEW_TOKENS = 4
+MAX_NEW_TOKENS = 2
 N_CTX = 2048  # tests/conftest.py: both models' slots
 GENERATING = ("/v1/chat/completions", "/v1/completions")
 MODEL_POSTS = (*GENERATING, "/v1/embeddings")
 # Read-only operations that need no model named (GET, by HTTP's rules), fuzzed in positive mode only.
 READS = ("/health", "/v1/stats", "/v1/models", "/v1/models/{model_id}", "/v1/models/pull",
          "/v1/models/pull/{job_id}", "/v1/store/models", "/v1/catalog")
+MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
+
+
+def body_schema(raw: dict[str, Any], path: str) -> dict[str, Any]:
+    return raw["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
 
 
 @pytest.fixture(scope="module")
 def fuzz_schema(api_url: str) -> Any:
     raw = httpx.get(api_url + "/openapi.json", timeout=30).json()
     for path in MODEL_POSTS:
-        body = raw["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
-        body["properties"]["model"] = {"type": "string", "enum": [GEMMA, SMOL]}
+        body_schema(raw, path)["properties"]["model"] = {"type": "string", "enum": [GEMMA, SMOL]}
+    chat = body_schema(raw, "/v1/chat/completions")["properties"]
+    chat["tool_choice"] = {"anyOf": [{"enum": ["auto", "none", "required"]}, {"type": "null"}]}
+    message = chat["messages"]["items"]
+    message["required"] = ["role", "content"]
+    message["properties"]["content"]["anyOf"] = [a for a in message["properties"]["content"]["anyOf"]
+                                                 if a.get("type") != "null"]
     return schemathesis.openapi.from_dict(raw)
 
 
@@ -55,13 +68,23 @@ def bounded(case: Any) -> None:
     body = case.body
     if case.operation.path not in GENERATING or not isinstance(body, dict):
         return
-    asked = [body.get(k) for k in ("max_completion_tokens", "max_tokens")]
-    if all(v is None for v in asked):
+    if body.get("max_completion_tokens") is None and body.get("max_tokens") is None:
         body["max_tokens"] = MAX_NEW_TOKENS
     for k in ("max_completion_tokens", "max_tokens"):
         v = body.get(k)
         if type(v) is int and 0 < v <= N_CTX:
             body[k] = min(v, MAX_NEW_TOKENS)
+
+
+def server_error(case: Any, url: str) -> str | None:
+    """Send ``case`` (bounded); a description of the answer if it is a 5xx."""
+    bounded(case)
+    response = case.call(base_url=url, timeout=120)
+    try:
+        case.validate_response(response, checks=[not_a_server_error])
+    except Exception as e:
+        return f"{response.status_code} {response.text[:300]}\n  {case.as_curl_command()[:2000]}\n  {e}"
+    return None
 
 
 def fuzz(operation: Any, url: str, mode: schemathesis.GenerationMode) -> list[str]:
@@ -72,19 +95,25 @@ def fuzz(operation: Any, url: str, mode: schemathesis.GenerationMode) -> list[st
               phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
-        bounded(case)
-        response = case.call(base_url=url, timeout=120)
-        try:
-            case.validate_response(response, checks=[not_a_server_error])
-        except Exception as e:
-            failures.append(f"{response.status_code} {response.text[:300]}\n  {case.as_curl_command()}\n  {e}")
+        failure = server_error(case, url)
+        if failure:
+            failures.append(failure)
 
     run()
     return failures
 
 
 @pytest.mark.parametrize("path", MODEL_POSTS)
-@pytest.mark.parametrize("mode", [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE])
+def test_no_boundary_or_invalid_value_gets_a_server_error(fuzz_schema, api_url, path):
+    operation = fuzz_schema[path]["POST"]
+    cases = fuzz_schema.iter_coverage_cases(operation, generation_modes=list(MODES),
+                                            generation_config=fuzz_schema.config.generation_for(operation=operation))
+    failures = [f for f in (server_error(case, api_url) for case in cases) if f]
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("path", MODEL_POSTS)
+@pytest.mark.parametrize("mode", MODES)
 def test_no_request_body_gets_a_server_error(fuzz_schema, api_url, path, mode):
     failures = fuzz(fuzz_schema[path]["POST"], api_url, mode)
     assert not failures, "\n".join(failures)
