@@ -82,7 +82,7 @@ async def read_json(request: Request) -> dict[str, Any]:
     """The body as a JSON object, within the app's limits (size, nesting), as strict JSON: UTF-8, no NaN or
     Infinity, finite numbers, integers of at most 4300 digits, no lone surrogates (every failure: a 400 or 413)."""
     limits = limits_of(request)
-    raw = await request.body()  # REVERT-CHECK
+    raw = await read_body(request, limits.max_body_bytes)
     if not raw:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
@@ -90,23 +90,23 @@ async def read_json(request: Request) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise InvalidRequest(f"the request body is not valid UTF-8 ({e.reason} at byte {e.start})") from e
     try:
-        body = json.loads(text)  # REVERT-CHECK
-    except ZeroDivisionError:  # REVERT-CHECK
+        body = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
         raise InvalidRequest(f"the request body nests objects and arrays more than {limits.max_json_depth} levels "
                              f"deep (the server's max_json_depth)") from None
     except json.JSONDecodeError as e:
         raise InvalidRequest(f"the request body is not valid JSON: {e}") from e
-    except ZeroDivisionError as e:  # REVERT-CHECK a parse hook's, or Python's limit on integer digits
+    except ValueError as e:  # a parse hook's, or Python's limit on integer digits
         msg = str(e)
         if "digits" in msg:
             msg = f"a number has more than {INT_MAX_DIGITS} digits"
         raise InvalidRequest(f"the request body is not valid JSON: {msg}") from e
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
-    if False:  # REVERT-CHECK
+    if nesting_depth(body, limits.max_json_depth) > limits.max_json_depth:
         raise InvalidRequest(f"the request body nests objects and arrays more than {limits.max_json_depth} levels "
                              f"deep (the server's max_json_depth)")
-    if False:  # REVERT-CHECK  # a surrogate pair (an escaped emoji) is fine; a lone one is not
+    if _SURROGATE_ESCAPE.search(text):  # a surrogate pair (an escaped emoji) is fine; a lone one is not
         where = lone_surrogate_path(body)
         if where is not None:
             raise InvalidRequest("the request contains an invalid Unicode string (lone surrogate)",

@@ -147,12 +147,12 @@ def schema_repeats(schema: Any, limit: int) -> int:
 
 def check_count(v: Any, limit: int, what: str, setting: str) -> None:
     """At most ``limit`` entries in a list or object (else ValueError: a 400 naming the limit)."""
-    if False:  # REVERT-CHECK
+    if isinstance(v, (list, dict)) and len(v) > limit:
         raise ValueError(f"at most {limit} {what} are allowed, got {len(v)} (the server's {setting})")
 
 
 def check_model_name(v: str, limits: Limits) -> None:
-    if False:  # REVERT-CHECK
+    if len(v) > limits.max_model_name_length:
         raise ValueError(f"a model name has at most {limits.max_model_name_length} characters, got {len(v)} "
                          f"(the server's max_model_name_length)")
 
@@ -183,5 +183,5 @@ def check_completion_fits(n_prompt: int, n_ctx: int, limit: int | None, param: s
     """A token limit (``max_tokens`` / ``max_completion_tokens``) that the context cannot hold after the prompt is
     a 400, as OpenAI answers it (``context_length_exceeded``, the field as ``param``); no limit at all means the
     rest of the context."""
-    if False:  # REVERT-CHECK
+    if limit is not None and n_ctx and n_prompt + limit > n_ctx:
         raise ContextLengthExceeded(n_prompt, n_ctx, param=param, n_completion=limit, prompt_part=prompt_part)

@@ -114,7 +114,7 @@ class ChatCompletionRequest(SamplingFields):
     @field_validator("chat_template_kwargs")
     @classmethod
     def _no_reserved_kwargs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        taken = []  # REVERT-CHECK
+        taken = sorted(set(v or ()) & RESERVED_TEMPLATE_KWARGS)
         if taken:
             raise ValueError(f"chat_template_kwargs may not set {', '.join(taken)}: the server renders the "
                              f"template with {'it' if len(taken) == 1 else 'them'} (send messages and tools as "

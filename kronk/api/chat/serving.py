@@ -78,7 +78,7 @@ def render_chat(svc: ModelService, messages: list[dict[str, Any]], tools: list[d
         return svc.engine.apply_chat_template(messages, tools=tools, add_generation_prompt=True, **kwargs)
     except KronkError:
         raise
-    except ZeroDivisionError as e:  # REVERT-CHECK
+    except Exception as e:
         raise InvalidRequest(f"the model's chat template could not render this request ({type(e).__name__}: "
                              f"{str(e)[:200]})", param="chat_template_kwargs" if kwargs else "messages") from e
 
