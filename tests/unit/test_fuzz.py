@@ -6,8 +6,9 @@ no randomness) and its fuzzing phase (at most MAX_EXAMPLES cases per operation a
 routes document their bodies from the pydantic requests (kronk/api/schemas.py: json_body), so the fuzzer explores
 the fields. To reach the replica rather than stop at the first 400, the test narrows the schema it fuzzes: ``model``
 is one of the served models, and a chat message has content (which the schema leaves optional: only an assistant
-message may go without), and ``tool_choice`` names no function (a named one must be among the tools). A token limit that the context could hold is lowered to a few tokens, so that the run
-stays short (a limit past the context is kept: it must be a 400). Read-only operations only: nothing that
+message may go without), and ``tool_choice`` names no function (a named one must be among the tools). A token
+limit that the context could hold is lowered to a few tokens, so that the run stays short (a limit past the
+context is kept: it must be a 400). Read-only operations only: nothing that
 downloads (pulls) or changes the store or the keys.
 """
 
