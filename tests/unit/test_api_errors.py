@@ -67,6 +67,29 @@ EXTRA_BAD_INPUTS = [
                                        "response_format": {"type": "json_schema",
                                                            "json_schema": {"name": "x", "schema": {"type": 7}}}},
      400, "response_format.json_schema.schema"),
+    # request limits and malformed values (tests/unit/test_limits.py has them all; docs/limits.md lists them)
+    ("integer of 5000 digits", b'{"model": "gemma3-270m", "seed": ' + b"9" * 5000 + b"}", 400, None),
+    ("nesting past the recursion limit", b'{"model": "gemma3-270m", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+     400, None),
+    ("NaN", b'{"model": "gemma3-270m", "messages": [], "temperature": NaN}', 400, None),
+    ("lone surrogate", b'{"model": "gemma3-270m", "messages": [{"role": "user", "content": "\\ud800"}]}', 400,
+     "messages.0.content"),
+    ("reserved chat_template_kwargs", {"model": GEMMA, "messages": [{"role": "user", "content": "hi"}],
+                                       "chat_template_kwargs": {"messages": []}}, 400, "chat_template_kwargs"),
+    ("max_tokens past the context", {"model": GEMMA, "messages": [{"role": "user", "content": "hi"}],
+                                     "max_tokens": 1_000_000_000}, 400, "max_tokens"),
+    ("max_completion_tokens past int64", {"model": GEMMA, "messages": [{"role": "user", "content": "hi"}],
+                                          "max_completion_tokens": 2**63}, 400, "max_completion_tokens"),
+    ("top_k past int32", {"model": GEMMA, "messages": [{"role": "user", "content": "hi"}], "top_k": 2**31}, 400,
+     "top_k"),
+    ("too many stop sequences", {"model": GEMMA, "messages": [{"role": "user", "content": "hi"}],
+                                 "stop": ["x"] * 17}, 400, "stop"),
+    ("stop sequence too long", {"model": GEMMA, "messages": [{"role": "user", "content": "hi"}],
+                                "stop": "x" * 257}, 400, "stop"),
+    ("schema repetition past max_schema_repeat", {"model": GEMMA, "messages": [{"role": "user", "content": "hi"}],
+                                                  "response_format": {"type": "json_schema", "json_schema": {
+                                                      "name": "x", "schema": {"type": "string", "maxLength": 20_000}}}},
+     400, "response_format.json_schema.schema"),
 ]
 
 

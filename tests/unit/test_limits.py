@@ -341,6 +341,20 @@ def test_a_token_limit_the_context_cannot_hold_is_a_400_naming_the_limit(api_url
     assert r.status_code == 200, r.text
 
 
+def test_tools_that_leave_no_room_for_the_token_limit_are_dropped_not_refused(api_url, services):
+    # as when tools alone overflow the context (OpenWebUI attaches ~36 to every turn, its titles ask 1000 tokens)
+    big = {"type": "function", "function": {"name": "lookup", "description": "word " * 1200,
+                                            "parameters": {"type": "object"}}}
+    eos = services[SMOL].engine.model.eos
+    body = {"model": SMOL, "messages": HI, "tools": [big], "logit_bias": {str(eos): 100}}
+    assert prompt_tokens(api_url, body, "/v1/chat/completions") > N_CTX - 1000  # the tools take the room
+    r = post(api_url, {**body, "max_tokens": 1000})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] < 100  # answered without the tools
+    err = error(post(api_url, {**body, "tool_choice": "required", "max_tokens": 1000}))  # tools needed: refused
+    assert err["code"] == "context_length_exceeded" and err["param"] == "max_tokens"
+
+
 def test_a_streamed_request_over_the_context_gets_a_status_not_a_stream(api_url):
     r = post(api_url, {"model": SMOL, "messages": HI, "stream": True, "max_tokens": 10**6})
     assert r.headers["content-type"] == "application/json"
