@@ -46,6 +46,8 @@ from pathlib import Path
 
 import psutil
 
+from kronk.processes import is_loopback_host
+
 log = logging.getLogger(__name__)
 
 RAY_ENV: dict[str, str] = {
@@ -167,15 +169,7 @@ def is_loopback_address(address: str) -> bool:
     """Whether a Ray address (``host:port``; not ``ray://``, ``auto`` or ``local``) names this machine's loopback:
     a cluster that listens there is joined with :func:`loopback_node` too (Ray would otherwise turn the address
     into the machine's, where nothing listens)."""
-    import ipaddress
-
-    host = address.rpartition(":")[0].strip("[]").lower() if "://" not in address else ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return "://" not in address and is_loopback_host(address.rpartition(":")[0])
 
 
 def token_auth_problem(environ: Mapping[str, str] | None = None) -> str | None:

@@ -5,6 +5,7 @@ a server's ``/health``. Used by the CLI (kronk/cli/procs.py adds its pid/info fi
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -53,6 +54,17 @@ def terminate(pids: list[int], grace_s: float = 5.0) -> None:
     left = wait_gone(pids, grace_s)
     kill_all(left, signal.SIGKILL)
     wait_gone(left, 5.0)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a host (a name or an IP address, IPv6 brackets allowed, no port) is this machine's loopback."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -8,7 +8,9 @@ real HTTP from this process: the OpenAI shaping, without Ray, in seconds. The Se
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +24,17 @@ from kronk.serving.service import ModelService
 from kronk.settings import Settings
 from tests.helpers import GEMMA, SMOL, http_server, openai_client
 from tests.models import gemma_path, smollm_path
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No KRONK_* / HF_* variable from the machine, and a home of the test's own (no ~/.kronk/config.yaml)."""
+    for var in list(os.environ):
+        if var.startswith(("KRONK_", "HF_", "HUGGING_FACE")):
+            monkeypatch.delenv(var)
+    home = tmp_path / "home"
+    monkeypatch.setenv("KRONK_HOME", str(home))
+    return home
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal
@@ -29,6 +28,7 @@ from kronk.cli.common import (
     settings_options,
     url_option,
 )
+from kronk.processes import is_loopback_host
 from kronk.settings import Settings, config_file_path
 
 
@@ -119,16 +119,6 @@ def _check_address(address: str) -> None:
              "usually 6379), or leave it out to start a local Ray cluster")
 
 
-def _is_loopback(host: str) -> bool:
-    host = host.strip().strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_exposure(settings: Settings) -> None:
     """A host other machines reach needs API keys (or --insecure): exit 2 with how, before anything starts."""
     from kronk.security.keys import KeyFileError, keys_configured
@@ -137,7 +127,7 @@ def _check_exposure(settings: Settings) -> None:
         keyed = keys_configured(settings)
     except KeyFileError as e:
         fail(str(e))
-    if keyed or _is_loopback(settings.host):
+    if keyed or is_loopback_host(settings.host):
         return
     if not settings.insecure:
         fail(f"refusing to serve on {settings.host} with no API keys: anyone who reaches this machine could use "

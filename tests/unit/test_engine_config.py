@@ -15,17 +15,7 @@ from kronk.settings import MAX_CONTEXT_CELLS, Settings
 # Not a file: an error about it would mean the engine got as far as loading the model.
 MISSING = "/nonexistent/model.gguf"
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    import os
-
-    for var in list(os.environ):
-        if var.startswith(("KRONK_", "HF_", "HUGGING_FACE")):
-            monkeypatch.delenv(var)
-    home = tmp_path / "home"
-    monkeypatch.setenv("KRONK_HOME", str(home))
-    return home
+pytestmark = pytest.mark.usefixtures("clean_env")  # every test: no machine env, its own home
 
 
 @pytest.mark.parametrize(("kw", "named"), [

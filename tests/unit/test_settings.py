@@ -23,18 +23,7 @@ from kronk.settings import (
 )
 from kronk.store.manifest import Manifest
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No KRONK_* / HF_* variable from the machine, and a home of the test's own (no ~/.kronk/config.yaml)."""
-    import os
-
-    for var in list(os.environ):
-        if var.startswith(("KRONK_", "HF_", "HUGGING_FACE")):
-            monkeypatch.delenv(var)
-    home = tmp_path / "home"
-    monkeypatch.setenv("KRONK_HOME", str(home))
-    return home
+pytestmark = pytest.mark.usefixtures("clean_env")  # every test: no machine env, its own home
 
 
 def _other_value(name: str) -> Any:
