@@ -37,6 +37,13 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return home
 
 
+@pytest.fixture
+def no_hub_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Hugging Face token or endpoint from the machine (pull tests talk to their own stand-in hub)."""
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "KRONK_HF_TOKEN", "HF_ENDPOINT", "KRONK_HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ModelService]]:
     """One service per small model, as a replica runs it (the same handlers), shared by the session."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from kronk.api.limits import check_count, check_model_name, check_schema, limits_of
 
@@ -20,6 +20,15 @@ RepeatPenalty = Annotated[float | None, Field(default=None, gt=0.0, le=10.0)]
 MaxTokens = Annotated[int | None, Field(default=None, ge=1, le=INT64_MAX)]  # the context bounds it further
 Seed = Annotated[int | None, Field(default=None)]
 Stop = Annotated[str | list[str] | None, Field(default=None)]
+
+
+def _limited_schema(v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+    check_schema(v, limits_of(info))
+    return v
+
+
+# A JSON Schema a client sends (a response format's, a tool's parameters): within the schema limits.
+LimitedSchema = Annotated[dict[str, Any] | None, AfterValidator(_limited_schema)]
 
 
 class ModelRequest(BaseModel):
@@ -116,14 +125,8 @@ class JsonSchemaSpec(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
     name: str = "response"
     description: str | None = None
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    schema_: LimitedSchema = Field(default=None, alias="schema")
     strict: bool | None = None
-
-    @field_validator("schema_")
-    @classmethod
-    def _schema_limits(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
-        check_schema(v, limits_of(info))
-        return v
 
 
 class ResponseFormat(BaseModel):

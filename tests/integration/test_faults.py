@@ -95,6 +95,18 @@ def hub():
         yield server
 
 
+def kill_mid_stream(url: str) -> tuple[LongStream, float]:
+    """A long stream whose model replica is SIGKILLed once it runs: the stream (ended) and how many seconds after
+    the kill it ended."""
+    stream = LongStream(url)
+    stream.start()
+    assert stream.started.wait(120), "the stream did not start"
+    killed = kill_model_replica()
+    stream.join(30)
+    assert not stream.is_alive(), "the stream hangs after its replica died"
+    return stream, stream.ended_at - killed
+
+
 def test_a_replica_killed_mid_stream_behind_the_routing_ingress_ends_the_stream_with_an_error_event(hub):
     with serve_app({"ingress": "router", "hf_endpoint": hub.url, "models": [MODEL]}) as url:
         # a pull, held mid-download: it runs in the model manager, not in the replica about to die
@@ -102,13 +114,7 @@ def test_a_replica_killed_mid_stream_behind_the_routing_ingress_ends_the_stream_
         job = httpx.post(url + "/v1/models/pull", json={"model": f"hf.co/{REPO}/{FILE}"}, timeout=60).json()
         assert hold.reached.wait(60)
 
-        stream = LongStream(url)
-        stream.start()
-        assert stream.started.wait(120), "the stream did not start"
-        killed = kill_model_replica()
-        stream.join(30)
-        assert not stream.is_alive(), "the stream hangs after its replica died"
-        took = stream.ended_at - killed
+        stream, took = kill_mid_stream(url)
         print(f"\nrouting ingress: the stream ended {took:.2f} s after the kill, with {stream.events[-1]}")
         assert took < 10
         assert stream.error is None and not stream.done  # closed normally, and not as if the answer were complete
@@ -146,13 +152,7 @@ def test_the_replica_front_sheds_load_with_503s_and_a_killed_replica_truncates_i
         assert waits[-1] < timeout_s + 10, waits  # its wait for a slot, plus its prompt and first token
 
         # the replica dies mid-stream: its connection dies with it
-        stream = LongStream(url)
-        stream.start()
-        assert stream.started.wait(120), "the stream did not start"
-        killed = kill_model_replica()
-        stream.join(30)
-        assert not stream.is_alive(), "the stream hangs after its replica died"
-        took = stream.ended_at - killed
+        stream, took = kill_mid_stream(url)
         print(f"replica front: the stream ended {took:.2f} s after the kill: {type(stream.error).__name__}: "
               f"{stream.error}; error event: {'error' in stream.events[-1]}")
         assert took < 10 and not stream.done

@@ -40,11 +40,7 @@ GATED_MSG = (
 )
 ROOT = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "KRONK_HF_TOKEN", "HF_ENDPOINT", "KRONK_HF_ENDPOINT"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("no_hub_env")  # no Hugging Face token or endpoint from the machine
 
 
 @pytest.fixture

@@ -10,11 +10,10 @@ from kronk.api.limits import (
     RESERVED_TEMPLATE_KWARGS,
     check_count,
     check_repeat_total,
-    check_schema,
     limits_of,
     schema_repeats,
 )
-from kronk.api.schemas import MaxTokens, ResponseFormat, SamplingFields
+from kronk.api.schemas import LimitedSchema, MaxTokens, ResponseFormat, SamplingFields
 from kronk.parsers.types import ToolCall
 
 
@@ -58,14 +57,8 @@ class FunctionDef(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_.\-]+$")
     description: str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: LimitedSchema = None
     strict: bool | None = None
-
-    @field_validator("parameters")
-    @classmethod
-    def _schema_limits(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
-        check_schema(v, limits_of(info))
-        return v
 
 
 class Tool(BaseModel):
