@@ -10,6 +10,7 @@ from kronk.api.schemas import ResponseFormat, SamplingFields
 from kronk.engine.grammar import json_object_grammar, json_schema_grammar
 from kronk.engine.protocol import GenerationChunk, GenerationRequest, SamplingParams, Usage
 from kronk.errors import Unsupported
+from kronk.serving.service import INLINE_PREPARE_CHARS
 
 
 def usage_dict(u: Usage | None) -> dict[str, Any]:
@@ -41,6 +42,11 @@ def format_grammar(fmt: ResponseFormat | None) -> str | None:
     if fmt.type == "json_object":
         return json_object_grammar()
     return json_schema_grammar(fmt.json_schema.schema_, param="response_format.json_schema.schema")
+
+
+def format_cost(fmt: ResponseFormat | None) -> int:
+    """What compiling ``fmt``'s grammar counts as in ModelService.prepare's size: a schema is big work."""
+    return INLINE_PREPARE_CHARS if fmt is not None and fmt.type == "json_schema" else 0
 
 
 def generation_request(req: SamplingFields, prompt: list[int], grammar: str | None, request_id: str,

@@ -7,10 +7,18 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kronk.api.chat.schemas import ChatCompletionRequest
-from kronk.api.generation import all_chunks, first_chunk, format_grammar, generation_request, usage_dict, whole_text
+from kronk.api.generation import (
+    all_chunks,
+    first_chunk,
+    format_cost,
+    format_grammar,
+    generation_request,
+    usage_dict,
+    whole_text,
+)
 from kronk.api.limits import check_completion_fits
 from kronk.engine.grammar import json_schema_grammar
 from kronk.errors import ContextLengthExceeded, InvalidRequest, KronkError, Unsupported
@@ -23,11 +31,8 @@ from kronk.parsers import (
 )
 from kronk.serving.call import RequestContext
 from kronk.serving.items import SSE_DONE, Item, sse
-from kronk.serving.service import INLINE_PREPARE_CHARS
+from kronk.serving.service import INLINE_PREPARE_CHARS, ModelService
 from kronk.telemetry.generation import GenerationObserver
-
-if TYPE_CHECKING:
-    from kronk.serving.service import ModelService
 
 log = logging.getLogger("kronk.api")
 
@@ -89,9 +94,7 @@ def chat_size(req: ChatCompletionRequest) -> int:
     size = sum(len(m.text()) for m in req.messages) + 512 * len(req.tools or [])
     if req.tools and req.tool_choice not in (None, "auto", "none"):
         size += INLINE_PREPARE_CHARS  # a forced call compiles its arguments' schemas into a grammar
-    if req.response_format is not None and req.response_format.type == "json_schema":
-        size += INLINE_PREPARE_CHARS
-    return size
+    return size + format_cost(req.response_format)
 
 
 def prepare_chat(svc: ModelService, req: ChatCompletionRequest) -> ChatPrompt:

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from kronk.api.completions.schemas import CompletionRequest
-from kronk.api.generation import all_chunks, first_chunk, format_grammar, generation_request, usage_dict, whole_text
+from kronk.api.generation import (
+    all_chunks,
+    first_chunk,
+    format_cost,
+    format_grammar,
+    generation_request,
+    usage_dict,
+    whole_text,
+)
 from kronk.api.limits import check_completion_fits
 from kronk.errors import ContextLengthExceeded, Unsupported
 from kronk.serving.call import RequestContext
 from kronk.serving.items import SSE_DONE, Item, sse
-from kronk.serving.service import INLINE_PREPARE_CHARS
+from kronk.serving.service import ModelService
 from kronk.telemetry.generation import GenerationObserver
-
-if TYPE_CHECKING:
-    from kronk.serving.service import ModelService
 
 
 def prepare_completion(svc: ModelService, req: CompletionRequest) -> tuple[list[int], str | None]:
@@ -37,8 +41,7 @@ async def serve_completion(svc: ModelService, req: CompletionRequest, ctx: Reque
     if req.suffix:
         raise Unsupported("suffix (fill-in-the-middle) is not supported", param="suffix")
     size = len(req.prompt) if isinstance(req.prompt, str) else 0
-    if req.response_format is not None and req.response_format.type == "json_schema":
-        size += INLINE_PREPARE_CHARS
+    size += format_cost(req.response_format)
     tokens, grammar = await svc.prepare(prepare_completion, svc, req, size=size)
     gen_req = generation_request(req, tokens, grammar, ctx.request_id)
     rid, created = "cmpl-" + ctx.request_id, int(time.time())
