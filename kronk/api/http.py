@@ -67,6 +67,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def _too_deep(limit: int) -> InvalidRequest:
+    return InvalidRequest(f"the request body nests objects and arrays more than {limit} levels deep (the server's "
+                          "max_json_depth)")
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -92,8 +97,7 @@ async def read_json(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
-        raise InvalidRequest(f"the request body nests objects and arrays more than {limits.max_json_depth} levels "
-                             f"deep (the server's max_json_depth)") from None
+        raise _too_deep(limits.max_json_depth) from None
     except json.JSONDecodeError as e:
         raise InvalidRequest(f"the request body is not valid JSON: {e}") from e
     except ValueError as e:  # a parse hook's, or Python's limit on integer digits
@@ -104,8 +108,7 @@ async def read_json(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     if nesting_depth(body, limits.max_json_depth) > limits.max_json_depth:
-        raise InvalidRequest(f"the request body nests objects and arrays more than {limits.max_json_depth} levels "
-                             f"deep (the server's max_json_depth)")
+        raise _too_deep(limits.max_json_depth)
     if _SURROGATE_ESCAPE.search(text):  # a surrogate pair (an escaped emoji) is fine; a lone one is not
         where = lone_surrogate_path(body)
         if where is not None:
