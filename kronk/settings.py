@@ -260,6 +260,8 @@ class Settings(BaseSettings):
         "request's tool schemas together): the grammar's size and the time to parse it grow with it.")
     max_tools: int = Field(default=128, ge=1, description="Most tools in one chat request.")
     max_embedding_inputs: int = Field(default=256, ge=1, description="Most inputs in one embeddings request.")
+    max_embedding_tokens: int = Field(default=65536, ge=64, description="Most tokens, all inputs together, in one "
+                                      "embeddings request.")
     max_model_name_length: int = Field(default=256, ge=8, description="Longest model name a request may send.")
 
     # NoDecode: KRONK_MODELS may be `a,b` as well as JSON (decoded in _models_from_names)

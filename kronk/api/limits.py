@@ -57,6 +57,7 @@ class Limits:
     max_schema_repeat_total: int = _default("max_schema_repeat_total")
     max_tools: int = _default("max_tools")
     max_embedding_inputs: int = _default("max_embedding_inputs")
+    max_embedding_tokens: int = _default("max_embedding_tokens")
     max_model_name_length: int = _default("max_model_name_length")
 
     @classmethod

@@ -76,8 +76,12 @@ class EmbeddingRunner:
         self.mode = llama_cpp.llama_pooling_type(ctx)
         self.batch = llama_cpp.llama_batch_init(n_ubatch, 0, 1)
 
-    def embed(self, inputs: list[str] | list[list[int]], normalize: bool = True) -> tuple[list[list[float]], int]:
+    def embed(self, inputs: list[str] | list[list[int]], normalize: bool = True,
+              max_tokens: int | None = None) -> tuple[list[list[float]], int]:
+        """Pooled vectors of ``inputs``, and their token count; at most ``max_tokens`` tokens in all (the server's
+        max_embedding_tokens), counted as they are tokenized so that an oversized request stops early."""
         seqs: list[list[int]] = []
+        total = 0
         for i, item in enumerate(inputs):
             toks = self.model.tokenize(item) if isinstance(item, str) else list(item)
             if not toks:
@@ -86,6 +90,11 @@ class EmbeddingRunner:
                 raise ContextLengthExceeded(len(toks), self.n_ctx, param="input")
             if any(not 0 <= t < self.model.n_vocab for t in toks):
                 raise InvalidRequest(f"input[{i}] has a token id outside the vocabulary", param="input")
+            total += len(toks)
+            if max_tokens is not None and total > max_tokens:
+                raise InvalidRequest(f"the inputs hold more than {max_tokens} tokens (at input[{i}]); at most "
+                                     f"{max_tokens} are allowed in one request (the server's max_embedding_tokens)",
+                                     param="input")
             seqs.append(toks)
         out: list[list[float]] = []
         with self._lock:
@@ -152,7 +161,8 @@ class EmbeddingRunner:
         return vectors
 
     def close(self) -> None:
-        if self.ctx is not None:
-            llama_cpp.llama_batch_free(self.batch)
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
+        with self._lock:  # a running embed finishes first: its context and batch are freed after it
+            if self.ctx is not None:
+                llama_cpp.llama_batch_free(self.batch)
+                llama_cpp.llama_free(self.ctx)
+                self.ctx = None

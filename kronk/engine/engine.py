@@ -148,8 +148,9 @@ class LlamaEngine(Engine):
                 with self._cv:
                     self._cv.notify()
 
-    async def embed(self, inputs: list[str] | list[list[int]], normalize: bool = True) -> tuple[list[list[float]], int]:
-        return await asyncio.to_thread(self._embedder.embed, inputs, normalize)
+    async def embed(self, inputs: list[str] | list[list[int]], normalize: bool = True,
+                    max_tokens: int | None = None) -> tuple[list[list[float]], int]:
+        return await asyncio.to_thread(self._embedder.embed, inputs, normalize, max_tokens)
 
     def stats(self) -> EngineStats:
         used = sum(s.n_past for s in self.slots)

@@ -122,7 +122,8 @@ class Engine(abc.ABC):
         """Stream a generation (see the module docstring for the contract)."""
 
     @abc.abstractmethod
-    async def embed(self, inputs: list[str] | list[list[int]], normalize: bool = True) -> tuple[list[list[float]], int]:
+    async def embed(self, inputs: list[str] | list[list[int]], normalize: bool = True,
+                    max_tokens: int | None = None) -> tuple[list[list[float]], int]:
         """Pooled (and by default L2-normalised) embeddings, in input order, and the tokens used."""
 
     @abc.abstractmethod

@@ -4,6 +4,7 @@ inputs pooled exactly across micro-batches."""
 from __future__ import annotations
 
 import math
+import threading
 
 import llama_cpp
 import psutil
@@ -12,7 +13,7 @@ import pytest
 from kronk.engine import embeddings
 from kronk.engine.embeddings import EmbeddingRunner
 from kronk.engine.model import LlamaModel
-from kronk.errors import ContextLengthExceeded
+from kronk.errors import ContextLengthExceeded, InvalidRequest
 from tests.models import gemma_path
 
 
@@ -100,5 +101,35 @@ def test_an_input_longer_than_the_embedding_context_is_refused(model):
             r.embed([tokens(model, 129)])
         assert e.value.n_ctx == 128 and e.value.param == "input"
         assert r.ctx is None  # refused before the context was made
+    finally:
+        r.close()
+
+
+def test_inputs_over_the_token_budget_are_refused_before_any_is_computed(model):
+    r = EmbeddingRunner(model, threads=2, n_ctx=128, pooled_model=False)
+    try:
+        vectors, n = r.embed([tokens(model, 40), tokens(model, 40, seed=1)], max_tokens=80)  # exactly the budget
+        assert n == 80 and len(vectors) == 2
+        r.close()
+        with pytest.raises(InvalidRequest) as e:
+            r.embed([tokens(model, 40), tokens(model, 41, seed=1)], max_tokens=80)
+        assert e.value.param == "input" and "max_embedding_tokens" in str(e.value) and "input[1]" in str(e.value)
+        assert r.ctx is None  # refused before the context was made again
+    finally:
+        r.close()
+
+
+def test_close_waits_for_a_running_embed(model):
+    """Closing the engine (a replica shutting down) while an embed runs must not free its context under it."""
+    r = EmbeddingRunner(model, threads=2, n_ctx=128, pooled_model=False)
+    try:
+        r.embed([tokens(model, 8)])
+        with r._lock:  # an embed in progress holds the lock
+            closer = threading.Thread(target=r.close)
+            closer.start()
+            closer.join(0.5)
+            assert closer.is_alive() and r.ctx is not None, "close() freed the context of a running embed"
+        closer.join(10)
+        assert not closer.is_alive() and r.ctx is None
     finally:
         r.close()

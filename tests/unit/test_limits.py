@@ -26,7 +26,8 @@ from tests.helpers import GEMMA, SMOL, http_server
 
 SMALL = Limits(max_body_bytes=4096, max_json_depth=12, max_messages=4, max_stop=2, max_stop_length=8,
                max_logit_bias=2, max_schema_bytes=512, max_schema_depth=4, max_schema_repeat=50,
-               max_schema_repeat_total=80, max_tools=2, max_embedding_inputs=2, max_model_name_length=32)
+               max_schema_repeat_total=80, max_tools=2, max_embedding_inputs=2, max_embedding_tokens=64,
+               max_model_name_length=32)
 HI = [{"role": "user", "content": "hi"}]
 N_CTX = 2048  # tests/conftest.py: both models' slots
 
@@ -186,6 +187,12 @@ LIMITED = [
     ("model name", {"model": "m" * 33, "messages": HI}, "model", "at most 32 characters", "max_model_name_length"),
     ("embedding inputs", {"input": ["a", "b", "c"], "_path": "/v1/embeddings"}, "input", "at most 2 inputs",
      "max_embedding_inputs"),
+    ("embedding tokens", {"input": ["a", "word " * 80], "_path": "/v1/embeddings"}, "input",
+     "more than 64 tokens (at input[1])", "max_embedding_tokens"),
+    ("embedding token ids", {"input": [list(range(2, 40)), list(range(2, 40))], "_path": "/v1/embeddings"}, "input",
+     "at most 64 are allowed", "max_embedding_tokens"),
+    ("pull model name", {"model": "m" * 33, "_path": "/v1/models/pull"}, "model", "at most 32 characters",
+     "max_model_name_length"),
     ("completion stop", {"prompt": "a", "stop": ["a", "b", "c"], "_path": "/v1/completions"}, "stop",
      "at most 2 stop sequences", "max_stop"),
 ]
@@ -199,12 +206,6 @@ def test_each_limit_is_a_400_naming_the_field_and_the_limit(small_url, name, bod
     assert err["param"] == param, err
     assert text in err["message"] and setting in err["message"], err
     assert err["type"] == "invalid_request_error"
-
-
-def test_a_pull_names_a_model_of_at_most_the_default_length(api_url):
-    # the pull route validates without the app's limits (kronk/api/models/routes.py): the default applies
-    err = error(post(api_url, {"model": "m" * (DEFAULT_LIMITS.max_model_name_length + 1)}, "/v1/models/pull"))
-    assert err["param"] == "model" and "max_model_name_length" in err["message"]
 
 
 def test_within_the_limits_is_served(small_url):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from kronk.api.limits import check_count, limits_of
+from kronk.api.limits import DEFAULT_LIMITS, check_count, limits_of
 from kronk.api.schemas import ModelRequest
 
 
@@ -14,6 +14,17 @@ class EmbeddingRequest(ModelRequest):
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
+    # the server's max_embedding_tokens when validated: counted by the engine, which tokenizes the inputs
+    _token_budget: int = PrivateAttr(default=DEFAULT_LIMITS.max_embedding_tokens)
+
+    @model_validator(mode="after")
+    def _budget(self, info: ValidationInfo) -> EmbeddingRequest:
+        self._token_budget = limits_of(info).max_embedding_tokens
+        return self
+
+    @property
+    def token_budget(self) -> int:
+        return self._token_budget
 
     @field_validator("input", mode="before")
     @classmethod

@@ -24,7 +24,8 @@ def _renorm(v: list[float]) -> list[float]:
 
 async def serve_embeddings(svc: ModelService, req: EmbeddingRequest, ctx: RequestContext,
                            obs: GenerationObserver) -> AsyncIterator[Item]:
-    vectors, n_tokens = await svc.engine.embed(req.inputs())  # tokenized once, in the engine's thread
+    vectors, n_tokens = await svc.engine.embed(req.inputs(), max_tokens=req.token_budget)  # tokenized once, in
+    # the engine's thread
     if req.dimensions is not None:
         if req.dimensions > len(vectors[0]):
             raise InvalidRequest(f"dimensions must be at most {len(vectors[0])} for this model", param="dimensions")

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from kronk.api.http import backend_of, check_model, installed_models, ops_of, read_json
+from kronk.api.http import backend_of, check_model, installed_models, limits_of, ops_of, read_json
 from kronk.api.models.schemas import PullRequest
 from kronk.api.schemas import json_body
 from kronk.errors import ModelNotFound, NotFound
@@ -50,7 +50,7 @@ async def pull(request: Request) -> Any:
     body = await read_json(request)
     if "model" not in body and "name" in body:  # Ollama spelling
         body["model"] = body["name"]
-    req = PullRequest.model_validate(body)
+    req = PullRequest.model_validate(body, context={"limits": limits_of(request)})
     ops = ops_of(request)
     trace = tracing.carrier()  # the pull's spans continue this request's trace in the model manager
     job = await (ops.call("pull", req.model, trace) if trace else ops.call("pull", req.model))
