@@ -209,8 +209,8 @@ class Settings(BaseSettings):
     target_ongoing_requests: float | None = Field(
         default=None, gt=0, description="Autoscaling target per replica (default: the model's parallel).")
     max_ongoing_requests: int | None = Field(
-        default=None, ge=1, description="Requests one replica admits (default: 4 x the model's parallel, at "
-        "least 16).")
+        default=None, ge=1, description="Requests one replica admits (default: the model's parallel + max_queued, "
+        "so that every admitted request waits in the engine's bounded, timed queue).")
     upscale_delay_s: float = Field(
         default=3.0, ge=0, description="Autoscaling: how long load must stay high before adding replicas.")
     downscale_delay_s: float = Field(
@@ -383,7 +383,9 @@ class Settings(BaseSettings):
         if data["target_ongoing_requests"] is None:
             data["target_ongoing_requests"] = float(data["parallel"])
         if data["max_ongoing_requests"] is None:
-            data["max_ongoing_requests"] = max(4 * data["parallel"], 16)
+            # the engine's queue (max_queued, queue_timeout_s) is the admission control: a replica that admitted
+            # fewer would leave the rest in Serve's queue at the caller, which has no timeout
+            data["max_ongoing_requests"] = data["parallel"] + data["max_queued"]
         return type(m).model_validate(data)
 
     @classmethod
@@ -452,7 +454,7 @@ DERIVED_DEFAULTS = {
     "tensor_split": "llama.cpp's split",
     "initial_replicas": "min_replicas, at least 1",
     "target_ongoing_requests": "parallel",
-    "max_ongoing_requests": "4 x parallel, at least 16",
+    "max_ongoing_requests": "parallel + max_queued",
 }
 
 

@@ -92,9 +92,9 @@ def test_resolved_model_leaves_nothing_for_downstream_to_default() -> None:
     assert {f for f, v in r.model_dump().items() if v is None} == {
         "source", "tensor_split", "threads", "threads_batch", "embedding", "chat_template"}
     assert (r.cache_type_k, r.cache_type_v) == ("f16", "f16")
-    assert r.target_ongoing_requests == 6.0 and r.max_ongoing_requests == 24
+    assert r.target_ongoing_requests == 6.0 and r.max_ongoing_requests == 6 + 64  # parallel + max_queued
     assert r.initial_replicas == 3 and r.max_replicas == 3  # max at least min
-    assert Settings().resolved_model("gemma3-270m").max_ongoing_requests == 16  # at least 16
+    assert Settings(max_queued=3).resolved_model("gemma3-270m").max_ongoing_requests == 4 + 3
     assert Settings().resolved_model("gemma3-270m").initial_replicas == 1
     assert Settings(models=[{"name": "z", "min_replicas": 0}]).resolved_model("z").initial_replicas == 1
 
@@ -185,7 +185,7 @@ def test_config_show_lists_the_new_settings_with_their_source(monkeypatch: pytes
         40, "env KRONK_STREAM_INTERVAL_MS")
     assert (rows["llama_log"]["value"], rows["llama_log"]["source"]) == (True, "flag --llama-log")
     assert rows["batch_invariant"]["source"] == "default" and rows["batch_invariant"]["flag"] == "--batch-invariant"
-    assert rows["max_ongoing_requests"]["source"] == "default (4 x parallel, at least 16)"
+    assert rows["max_ongoing_requests"]["source"] == "default (parallel + max_queued)"
     text = CliRunner().invoke(config, ["show"]).output
     assert "stream_interval_ms" in text and "env KRONK_STREAM_INTERVAL_MS" in text and "llama_log" in text
 
