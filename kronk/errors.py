@@ -153,3 +153,18 @@ def redact_paths(text: str) -> str:
     """``text`` with every absolute path cut to its last name (``/srv/models/x/m.gguf`` -> ``m.gguf``): what a
     client is told never shows where the server keeps its files."""
     return _ABS_DIRS.sub("", text)
+
+
+class MemoryBudgetExceeded(KronkError):
+    """A model (with the settings asked for) does not fit the memory budget: a 503. ``retry_after_s`` is set
+    by whoever knows that waiting can help (a pool whose loaded models will go idle); without it the model
+    cannot fit even in the whole budget, and the message says what would (a smaller context, fewer slots,
+    a quantized KV cache, a larger budget)."""
+
+    kind = ErrorKind.UNAVAILABLE
+    code = "insufficient_memory"
+
+    def __init__(self, message: str, *, needed_bytes: int, budget_bytes: int, param: str | None = None,
+                 retry_after_s: float | None = None):
+        super().__init__(message, param=param, retry_after_s=retry_after_s)
+        self.needed_bytes, self.budget_bytes = needed_bytes, budget_bytes
