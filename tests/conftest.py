@@ -17,11 +17,13 @@ import pytest
 from kronk.api.app import create_app
 from kronk.api.families import HANDLERS
 from kronk.api.limits import Limits
+from kronk.catalog import Catalog
 from kronk.engine import EngineConfig
 from kronk.engine.engine import LlamaEngine
 from kronk.serving.local import LocalBackend
+from kronk.serving.sampling import model_sampling
 from kronk.serving.service import ModelService
-from kronk.settings import Settings
+from kronk.settings import SamplingDefaults, Settings
 from tests.helpers import GEMMA, SMOL, http_server, openai_client
 from tests.models import gemma_path, smollm_path
 
@@ -46,12 +48,15 @@ def no_hub_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ModelService]]:
-    """One service per small model, as a replica runs it (the same handlers), shared by the session."""
+    """One service per small model, as a replica runs it (the same handlers, the sampling defaults a replica
+    resolves for it), shared by the session."""
     engines = {GEMMA: LlamaEngine(EngineConfig(model_path=gemma_path(), name=GEMMA, parallel=4, ctx_size=2048,
                                                chat_template="gemma")),
                SMOL: LlamaEngine(EngineConfig(model_path=smollm_path(), name=SMOL, parallel=2, ctx_size=2048))}
+    catalog = Catalog.load()  # the sampling defaults a replica resolves: the GGUF's, the catalog's, the server's
     try:
-        yield {name: ModelService(e, name, HANDLERS) for name, e in engines.items()}
+        yield {name: ModelService(e, name, HANDLERS, sampling=model_sampling(SamplingDefaults(), e, catalog.get(name)))
+               for name, e in engines.items()}
     finally:
         for e in engines.values():
             e.close()

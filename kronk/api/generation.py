@@ -19,20 +19,32 @@ def usage_dict(u: Usage | None) -> dict[str, Any]:
             "total_tokens": u.total_tokens, "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
 
 
-def sampling_from(req: SamplingFields, grammar: str | None) -> SamplingParams:
-    d = SamplingParams()
+def sampling_from(req: SamplingFields, grammar: str | None, defaults: SamplingParams | None = None) -> SamplingParams:
+    """The request's sampling fields; what it leaves unset takes the model's ``defaults``
+    (kronk.serving.sampling; default: the engine's SamplingParams()). A request that asks for greedy decoding
+    (``temperature: 0``) gets exactly that: no default repeat penalty (one it sets applies)."""
+    d = defaults or SamplingParams()
+    greedy = req.temperature is not None and req.temperature <= 0.0
     bias = {int(k): (float("-inf") if v <= -100 else v) for k, v in (req.logit_bias or {}).items()}
     return SamplingParams(
         temperature=d.temperature if req.temperature is None else req.temperature,
         top_k=d.top_k if req.top_k is None else req.top_k,
         top_p=d.top_p if req.top_p is None else req.top_p,
         min_p=d.min_p if req.min_p is None else req.min_p,
-        repeat_penalty=d.repeat_penalty if req.repeat_penalty is None else req.repeat_penalty,
+        repeat_penalty=(1.0 if greedy else d.repeat_penalty) if req.repeat_penalty is None else req.repeat_penalty,
         repeat_last_n=d.repeat_last_n if req.repeat_last_n is None else req.repeat_last_n,
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
         seed=req.seed, logit_bias=bias, grammar=grammar,
     )
+
+
+def repetition_guard(req: SamplingFields, grammar: str | None) -> bool:
+    """Whether the engine's repetition guard watches this answer: as the request says; unset, on, except for
+    a plain-text ``ignore_eos`` request (it asks for exactly ``max_tokens`` tokens, as benchmarks do)."""
+    if req.repetition_guard is not None:
+        return req.repetition_guard
+    return grammar is not None or not req.ignore_eos
 
 
 def format_grammar(fmt: ResponseFormat | None) -> str | None:
@@ -50,13 +62,15 @@ def format_cost(fmt: ResponseFormat | None) -> int:
 
 
 def generation_request(req: SamplingFields, prompt: list[int], grammar: str | None, request_id: str,
-                       stop: list[str] = (), stop_token_ids: list[int] = ()) -> GenerationRequest:
+                       stop: list[str] = (), stop_token_ids: list[int] = (),
+                       defaults: SamplingParams | None = None) -> GenerationRequest:
+    """The engine's request; ``defaults``: the model's sampling defaults (ModelService.sampling.params)."""
     if req.logprobs:
         raise Unsupported("logprobs are not supported by this server", param="logprobs")
     return GenerationRequest(
-        prompt=prompt, sampling=sampling_from(req, grammar), max_tokens=getattr(req, "token_limit", None),
+        prompt=prompt, sampling=sampling_from(req, grammar, defaults), max_tokens=getattr(req, "token_limit", None),
         min_tokens=req.min_tokens, ignore_eos=req.ignore_eos, stop=req.stop_list + list(stop),
-        stop_token_ids=list(stop_token_ids), request_id=request_id,
+        stop_token_ids=list(stop_token_ids), request_id=request_id, repetition_guard=repetition_guard(req, grammar),
     )
 
 

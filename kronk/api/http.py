@@ -132,9 +132,13 @@ async def installed_models(backend: Backend) -> list[dict[str, Any]]:
 
 
 async def check_model(backend: Backend, model: str) -> None:
+    """A model that can be asked for: one the server pins, or (with the pool on) any installed model."""
     ids = await backend.model_ids()
     if model not in ids:
-        if any(m["name"] == model for m in await installed_models(backend)):
+        installed = any(m["name"] == model for m in await installed_models(backend))
+        if installed and getattr(backend, "on_demand", False):
+            return
+        if installed:
             raise ModelNotFound(f"The model '{model}' is installed but not served; start the server with it "
                                 f"(kronk server start --model {model}). Served models: {', '.join(ids)}.",
                                 param="model")

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from kronk.api.limits import check_count, check_model_name, check_schema, limits_of
+from kronk.serving.pool import parse_duration
 
 Temperature = Annotated[float | None, Field(default=None, ge=0.0, le=2.0)]
 TopP = Annotated[float | None, Field(default=None, gt=0.0, le=1.0)]
@@ -38,12 +39,22 @@ class ModelRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
+    # Ollama's keep_alive: how long a pool model stays loaded after this request (seconds, or a duration such as
+    # "5m", "1h30m", "250ms"; 0 unloads it after the answer, a negative value keeps it loaded)
+    keep_alive: float | str | None = Field(default=None, description="How long the model stays loaded after "
+                                           "this request: seconds or a duration (\"5m\"); 0 unloads it after the "
+                                           "answer, -1 keeps it loaded.")
 
     @field_validator("model")
     @classmethod
     def _model_name(cls, v: str, info: ValidationInfo) -> str:
         check_model_name(v, limits_of(info))
         return v
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, v: float | str | None) -> float | None:
+        return None if v is None else parse_duration(v)
 
 
 class StreamOptions(BaseModel):
@@ -66,6 +77,11 @@ class SamplingFields(ModelRequest):
     logit_bias: dict[str, float] | None = None
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0, le=INT32_MAX)
+    # kronk/engine/repetition.py: end an answer that has degenerated into repeating itself (finish_reason
+    # "length"). Unset: on, except for ignore_eos requests (they ask for exactly max_tokens tokens).
+    repetition_guard: bool | None = Field(
+        default=None, description="End an answer that degenerates into a loop (finish_reason \"length\"); "
+        "default: on, except with ignore_eos.")
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None

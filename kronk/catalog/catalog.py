@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kronk.errors import ModelNotFound
-from kronk.settings import KV_CACHE_TYPES, Settings
+from kronk.settings import KV_CACHE_TYPES, SamplingValues, Settings
 
 Capability = Literal["chat", "completion", "tools", "reasoning", "embedding", "vision"]
 CAPABILITIES: tuple[str, ...] = ("chat", "completion", "tools", "reasoning", "embedding", "vision")
@@ -77,6 +77,9 @@ class CatalogEntry(BaseModel):
     )
     context_length: int = Field(ge=64)
     kv_cache_type: str | None = None
+    sampling: SamplingValues | None = Field(
+        default=None, description="Sampling values the model card recommends (temperature, top_k, top_p, min_p, "
+        "repeat_penalty, repeat_last_n): the defaults of what a request leaves unset, where the GGUF names none.")
     capabilities: list[Capability] = Field(min_length=1)
     gated: bool = False
     license: str

@@ -129,10 +129,11 @@ class Client:
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self.request("POST", path, json=body)
 
-    def stream(self, path: str, body: dict[str, Any], timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """POST and yield the JSON of each SSE ``data:`` event until ``[DONE]``."""
+    def stream(self, path: str, body: dict[str, Any] | None, timeout: float | None = None,
+               method: str = "POST") -> Iterator[dict[str, Any]]:
+        """POST (or ``method``) and yield the JSON of each SSE ``data:`` event until ``[DONE]``."""
         try:
-            with self.http.stream("POST", path, json=body, timeout=httpx.Timeout(timeout, connect=5.0)) as r:
+            with self.http.stream(method, path, json=body, timeout=httpx.Timeout(timeout, connect=5.0)) as r:
                 if r.status_code >= 400:
                     r.read()
                     raise ServerError(_with_hint(_message(r), r.status_code), r.status_code)

@@ -31,7 +31,7 @@ def cli() -> None:
     Start here:
       kronk server start              serve the default model on http://127.0.0.1:8000
       kronk model pull NAME           download a model (see `kronk catalog list`)
-      kronk chat gemma3-270m          chat with a served model
+      kronk chat smollm2:135m         chat with a served model (the default one)
       kronk config show               the effective settings and where they come from
       kronk key create                an API key (then every request needs one)
     """

@@ -137,10 +137,12 @@ def show_cmd(name: str, as_json: bool, **params: Any) -> None:
     _with_paths(ops, m)
     if card and card.get("context_length"):
         m["served_context_length"] = card["context_length"]
+    if card and card.get("sampling_defaults"):  # what a request's unset sampling fields take, and from where
+        m["sampling_defaults"] = card["sampling_defaults"]
     if as_json:
         print_json(m)
         return
-    skip = {"chat_template", "files", "schema_version"}
+    skip = {"chat_template", "files", "schema_version", "sampling_defaults"}
     for k, v in m.items():
         if k not in skip and v not in (None, [], ""):
             click.echo(f"{k:22} {human_bytes(v) if k == 'size_bytes' else v}")
@@ -149,6 +151,8 @@ def show_cmd(name: str, as_json: bool, **params: Any) -> None:
     if m.get("chat_template"):
         tmpl = str(m["chat_template"])
         click.echo(f"{'chat_template':22} {tmpl if len(tmpl) < 60 else tmpl[:57] + '...'}")
+    for field, d in (m.get("sampling_defaults") or {}).items():
+        click.echo(f"{'sampling ' + field:22} {d['value']} ({d['source']})")
 
 
 @model.command("rm")
@@ -173,13 +177,17 @@ def rm_cmd(name: str, **params: Any) -> None:
               help="kronk's home folder (finds the server it started) [env KRONK_HOME].")
 @click.option("--interval", type=click.FloatRange(min=0.1, max=60), default=1.0, show_default=True,
               help="Seconds between the two samples that give tok/s.")
+@click.option("--watch", is_flag=True, help="Then follow model state changes (loading, loaded, unloaded, evicted).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-def ps_cmd(url: str | None, config: Path | None, home: Path | None, interval: float, as_json: bool) -> None:
-    """Loaded models: replica, busy slots, queue, KV cache use, tok/s (needs a running server)."""
+def ps_cmd(url: str | None, config: Path | None, home: Path | None, interval: float, watch: bool,
+           as_json: bool) -> None:
+    """Loaded models: replica, busy slots, queue, KV cache use, tok/s; then every installed model's state in the
+    pool (needs a running server)."""
     settings = build_settings(overrides_of({"home": home}, ("home",)), config)
     client = Client.for_settings(url, settings)
     client.require()
     try:
+        pool = _pool_rows(client)
         first = client.get("/v1/stats").get("models", {})
         t0 = time.monotonic()
         time.sleep(interval)
@@ -205,11 +213,18 @@ def ps_cmd(url: str | None, config: Path | None, home: Path | None, interval: fl
                     "prompt_tokens": st.get("prompt_tokens"), "prompt_tokens_reused": st.get("prompt_tokens_reused"),
                     "completion_tokens": st.get("completion_tokens"), "tokens_per_s": round(max(rate, 0.0), 1)})
     if as_json:
-        print_json(out)
+        print_json({"models": out, "states": pool})
         return
+    if pool:
+        table(["MODEL", "STATE", "REPLICA", "ACTIVE", "KEEP-ALIVE", "UNLOADS IN", "SETTINGS"],
+              [[r["model"] + (" (pinned)" if r["pinned"] else ""), r["state"] or "-", r["replica"] or "-",
+                "-" if r["active"] is None else r["active"],
+                "-" if r["state"] != "loaded" or r["pinned"] else ("never" if r["keep_alive_s"] is None
+                                                                   else f"{r['keep_alive_s']:g}s"),
+                "-" if r["expires_in_s"] is None else f"{r['expires_in_s']:g}s",
+                ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or r["error"] or "-"] for r in pool])
     if not out:
         click.echo(f"no models loaded on {client.url}")
-        return
 
     def ms(x: float | None) -> str:
         return "-" if x is None else f"{x * 1000:.0f}"
@@ -223,6 +238,73 @@ def ps_cmd(url: str | None, config: Path | None, home: Path | None, interval: fl
             f"{ms(r['ttft_p50_s'])}/{ms(r['ttft_p95_s'])}",
             "-" if r["prefix_reuse"] is None else f"{r['prefix_reuse']:.0%}"]
            for r in out])
+    if watch:
+        _watch(client)
+
+
+def _pool_rows(client: Client) -> list[dict[str, Any]]:
+    """Every installed model's state (loaded on which replica, loading, available, error) from /v1/models."""
+    rows = []
+    for card in client.get("/v1/models").get("data", []):
+        where = card.get("loaded_on") or [{}]
+        for at in where:
+            rows.append({"model": card["id"], "state": card.get("state"), "pinned": card.get("pinned", False),
+                         "replica": at.get("replica"), "active": at.get("active"),
+                         "keep_alive_s": at.get("keep_alive_s"), "expires_in_s": at.get("expires_in_s"),
+                         "settings": at.get("settings") or {}, "error": card.get("error")})
+    return rows
+
+
+def _watch(client: Client) -> None:
+    """Print each model state change as it happens (GET /v1/models/events) until interrupted."""
+    click.echo(f"watching model state changes on {client.url} (Ctrl-C to stop)")
+    try:
+        for ev in client.stream("/v1/models/events", None, timeout=None, method="GET"):
+            extra = {k: ev[k] for k in ("reason", "for_model", "load_s") if ev.get(k) is not None}
+            stamp = time.strftime("%H:%M:%S", time.localtime(ev.get("at", time.time())))
+            click.echo(f"{stamp}  {ev['type']:9} {ev['model']}  on {ev.get('replica')}"
+                       + (f"  {extra}" if extra else ""))
+    except KeyboardInterrupt:
+        pass
+    except ServerError as e:
+        _server_error(e)
+
+
+@model.command("load", short_help="Load an installed model into the server's pool now.")
+@click.argument("name")
+@click.option("--keep-alive", default=None, metavar="DURATION",
+              help="How long it stays loaded once idle: seconds or a duration (5m, 1h); -1 keeps it loaded.")
+@url_option
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def load_cmd(name: str, keep_alive: str | None, url: str | None, config: Path | None, as_json: bool) -> None:
+    """Load NAME now (a model the server's pool serves on demand), so that its first request does not wait."""
+    client = Client.for_settings(url, build_settings({}, config), timeout=900)
+    client.require()
+    try:
+        st = client.post(f"/v1/models/{name}/load", {"keep_alive": keep_alive} if keep_alive is not None else {})
+    except ServerError as e:
+        _server_error(e)
+    if as_json:
+        print_json(st)
+        return
+    chosen = ", ".join(f"{k}={v}" for k, v in (st.get("settings") or {}).items())
+    click.echo(f"{name}: {st.get('state')} on {st.get('replica')}" + (f" ({chosen})" if chosen else ""))
+
+
+@model.command("unload", short_help="Unload a model from the server's pool.")
+@click.argument("name")
+@url_option
+@config_option
+def unload_cmd(name: str, url: str | None, config: Path | None) -> None:
+    """Unload NAME (once its running requests end)."""
+    client = Client.for_settings(url, build_settings({}, config), timeout=120)
+    client.require()
+    try:
+        st = client.post(f"/v1/models/{name}/unload", {})
+    except ServerError as e:
+        _server_error(e)
+    click.echo(f"{name}: {'unloaded' if st.get('state') == 'available' else st.get('state') + ' (unloads once idle)'}")
 
 
 @model.command("check", short_help="Verify model files against their manifests.")

@@ -29,7 +29,7 @@ from kronk.cli.common import (
     url_option,
 )
 from kronk.processes import is_loopback_host
-from kronk.settings import Settings, config_file_path
+from kronk.settings import DEFAULT_MODEL, Settings, config_file_path
 
 
 @click.group()
@@ -149,7 +149,7 @@ def _model_arg(value: str) -> str | dict[str, str]:
 @server.command("start", short_help="Start Ray and the kronk Serve application.")
 @click.option("--model", "-m", "model", multiple=True, metavar="NAME",
               help="A model to serve (repeatable): a catalog name, hf.co/<org>/<repo>:<QUANT> or a .gguf path "
-              "[env KRONK_MODELS=a,b; default: gemma3-270m].")
+              f"[env KRONK_MODELS=a,b; default: {DEFAULT_MODEL}].")
 @click.option("--detach", "-d", is_flag=True, help="Run in the background (pid and logs under <home>).")
 @click.option("--background-child", is_flag=True, hidden=True)
 @config_option

@@ -1,10 +1,12 @@
 """A bounded repetition guard: notice a generation that has degenerated into a loop.
 
-A grammar (JSON mode, a JSON schema, a forced tool call) keeps a small model from
-ending its answer in many ways, and with no token limit (OpenWebUI sends none) a
-model stuck in a loop inside a JSON string would write until its context is full.
-The engine feeds every sampled token to a :class:`RepetitionGuard`; when it trips, the
-generation ends with finish_reason ``"length"``.
+A small model at its default sampling can degenerate into repeating a phrase, and a
+grammar (JSON mode, a JSON schema, a forced tool call) keeps it from ending its answer
+in many ways; with no token limit (OpenWebUI sends none) such an answer would run until
+its context is full. For a guarded request (``GenerationRequest.guarded``: the API turns
+it on for every answer unless the request says ``repetition_guard: false`` or asks for
+``ignore_eos``) the engine feeds every sampled token to a :class:`RepetitionGuard`; when
+it trips, the generation ends with finish_reason ``"length"``.
 
 It trips on any of:
 

@@ -42,11 +42,26 @@ class Backend(Protocol):
     async def telemetry(self) -> list[dict[str, Any]]:
         """The metrics snapshots of every replica it knows of (kronk.telemetry.metrics.Recorder.snapshot)."""
 
+    # The model pool: installed models that no deployment pins, served on demand (kronk.serving.pool).
+    on_demand: bool  # a pool serves them (else only the pinned models answer)
+
+    async def pool_states(self) -> list[dict[str, Any]]:
+        """Every pool model's state on every pool replica (kronk.serving.pool.ModelPool.state_of)."""
+
+    async def load_model(self, model: str, keep_alive_s: float | None = None) -> dict[str, Any]:
+        """Load a pool model now; its state."""
+
+    async def unload_model(self, model: str) -> dict[str, Any]:
+        """Unload a pool model once its running requests end; its state."""
+
+    def model_events(self) -> AsyncIterator[dict[str, Any]]:
+        """The pool's state changes as they happen (loading, loaded, unloaded, evicted, error)."""
+
 
 # What of a replica's info (kronk.serving.replica.replica_info, deployments.llm.LlamaReplica.info) a client may
 # see in /v1/stats. The rest (the GGUF's path, the node id, the pid) stays with the server: its internal
 # callers read the info over the handle. A field added to the info is private until it is named here.
-PUBLIC_INFO = ("model", "error", "replica", "replicas", "stats", "context_length")
+PUBLIC_INFO = ("model", "error", "replica", "replicas", "stats", "context_length", "sampling_defaults")
 
 
 def public_info(info: dict[str, Any]) -> dict[str, Any]:
@@ -67,6 +82,8 @@ def model_card(model_id: str, created: int, info: dict[str, Any] | None = None) 
         card["error"] = info["error"]
     if info.get("context_length"):
         card["context_length"] = info["context_length"]
+    if info.get("sampling_defaults"):  # what a request's unset sampling fields take, each with its source
+        card["sampling_defaults"] = info["sampling_defaults"]
     return card
 
 

@@ -14,11 +14,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from kronk.errors import ModelNotFound
+from kronk.errors import ModelNotFound, Pinned
 from kronk.serving.backend import ModelOps, model_card, stats_of
 from kronk.serving.call import Call
 from kronk.serving.items import Failure, Item
-from kronk.serving.replica import ModelReplica
+from kronk.serving.pool import ModelPool
+from kronk.serving.replica import ModelReplica, replica_info, replica_snapshot
 from kronk.serving.service import ModelService
 
 
@@ -43,10 +44,12 @@ class LocalModelOps:
 class LocalBackend:
     def __init__(self, models: Mapping[str, ModelHost], *, ops: Callable[[], ModelOps],
                  telemetry: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
-                 replicas: Callable[[], Awaitable[dict[str, int]]] | None = None):
+                 replicas: Callable[[], Awaitable[dict[str, int]]] | None = None, pool: ModelPool | None = None):
         """``ops`` makes the model manager's client on first use; ``telemetry`` gives every replica's snapshot
-        (default: these models' own); ``replicas`` the running replicas per model (default: one each)."""
+        (default: these models' own); ``replicas`` the running replicas per model (default: one each);
+        ``pool`` serves the installed models that ``models`` does not pin, on demand."""
         self.models = dict(models)
+        self.pool = pool
         self.created = int(time.time())
         self._make_ops = ops
         self._ops: ModelOps | None = None
@@ -69,21 +72,56 @@ class LocalBackend:
             self._ops = self._make_ops()
         return self._ops
 
+    @property
+    def on_demand(self) -> bool:
+        return self.pool is not None
+
     async def model_ids(self) -> list[str]:
         return list(self.models)
 
     async def _infos(self) -> dict[str, dict[str, Any]]:
-        return {m: await host.info() for m, host in self.models.items()}
+        infos = {m: await host.info() for m, host in self.models.items()}
+        if self.pool is not None:
+            infos.update({m: replica_info(s) for m, s in self.pool.services().items() if m not in infos})
+        return infos
+
+    async def pool_states(self) -> list[dict[str, Any]]:
+        return self.pool.states() if self.pool is not None else []
+
+    async def load_model(self, model: str, keep_alive_s: float | None = None) -> dict[str, Any]:
+        return await self._pool(model).load(model, keep_alive_s)
+
+    async def unload_model(self, model: str) -> dict[str, Any]:
+        return await self._pool(model).unload(model)
+
+    def _pool(self, model: str) -> ModelPool:
+        if model in self.models:
+            raise Pinned(f"{model} is pinned by the server's config (its own deployment): it is always loaded",
+                         param="model")
+        if self.pool is None:
+            raise ModelNotFound(f"The model '{model}' is not served (the model pool is off).", param="model")
+        return self.pool
+
+    async def model_events(self) -> AsyncIterator[dict[str, Any]]:
+        if self.pool is None:
+            return
+        q = self.pool.subscribe()
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            self.pool.unsubscribe(q)
 
     async def model_cards(self) -> list[dict[str, Any]]:
-        return [model_card(m, self.created, info) for m, info in (await self._infos()).items()]
+        """The pinned models' cards (the pool's are made from its states)."""
+        return [model_card(m, self.created, await host.info()) for m, host in self.models.items()]
 
     async def stream(self, call: Call) -> AsyncIterator[Item]:
         host = self.models.get(call.model)
-        if host is None:
+        if host is None and self.pool is None:
             yield Failure.of(ModelNotFound(f"The model '{call.model}' does not exist.", param="model"))
             return
-        items = host.stream(call)
+        items = host.stream(call) if host is not None else self.pool.stream(call)
         try:
             async for item in items:
                 yield item
@@ -94,6 +132,8 @@ class LocalBackend:
         if self._telemetry is not None:
             return await self._telemetry()
         snaps = [host.snapshot() for host in self.models.values() if hasattr(host, "snapshot")]
+        if self.pool is not None:
+            snaps += [replica_snapshot(s) for s in self.pool.services().values()]
         recorder = getattr(getattr(self._ops, "manager", None), "recorder", None)
         if recorder is not None:
             snaps.append(recorder.snapshot())

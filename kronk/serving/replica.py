@@ -22,7 +22,8 @@ def replica_info(service: ModelService) -> dict[str, Any]:
     st = service.engine.stats()
     return {"model": service.model_id, "error": None, "replica": service.recorder.replica,
             "model_path": getattr(getattr(service.engine, "cfg", None), "model_path", None),
-            "stats": asdict(st), "context_length": st.n_ctx_slot}
+            "stats": asdict(st), "context_length": st.n_ctx_slot,
+            "sampling_defaults": service.sampling.card()}
 
 
 def replica_snapshot(service: ModelService) -> dict[str, Any]:

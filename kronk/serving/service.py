@@ -24,6 +24,8 @@ from kronk.engine.protocol import Engine
 from kronk.parsers import guess_tool_parser, template_supports_tools
 from kronk.serving.call import Call, Endpoint, RequestContext
 from kronk.serving.items import Failure, Item
+from kronk.serving.sampling import ModelSampling, describe, model_sampling
+from kronk.settings import SamplingDefaults
 from kronk.telemetry.generation import GenerationObserver
 from kronk.telemetry.metrics import Recorder
 
@@ -44,10 +46,14 @@ TURN_MARKERS = ("<end_of_turn>", "<start_of_turn>", "<|im_end|>", "<|im_start|>"
 class ModelService:
     def __init__(self, engine: Engine, model_id: str, handlers: Mapping[Endpoint, Handler],
                  tool_parser: str | None = None, reasoning: bool | None = None,
-                 system_fingerprint: str | None = None):
+                 system_fingerprint: str | None = None, sampling: ModelSampling | None = None):
+        """``sampling``: the model's sampling defaults (kronk.serving.sampling.model_sampling: the server's
+        setting, the GGUF, the catalog entry); default: the GGUF's values, else the server defaults."""
         self.engine = engine
         self.model_id = model_id
         self.handlers = dict(handlers)
+        self.sampling = sampling if sampling is not None else model_sampling(SamplingDefaults(), engine)
+        log.info("model %s: sampling defaults %s", model_id, describe(self.sampling))
         template = getattr(getattr(engine, "template", None), "source", None)
         self.template_source: str | None = template
         self.template_tools = template_supports_tools(template)  # the template renders `tools` itself

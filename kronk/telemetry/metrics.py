@@ -180,6 +180,15 @@ class Recorder:
             self.inc(specs.PULL_FAILURES, 1, model=model, code=code or "unknown")
         self.changed()
 
+    def on_pool_event(self, event: dict[str, Any], reserved_bytes: int, budget_bytes: int) -> None:
+        """A model pool's state change (kronk.serving.pool): counted by kind, load times, the memory reserved."""
+        self.inc(specs.MODEL_EVENTS, 1, model=event["model"], event=event["type"])
+        if event["type"] == "loaded" and event.get("load_s") is not None:
+            self.observe(specs.MODEL_LOAD_TIME, event["load_s"], model=event["model"])
+        self.set(specs.POOL_BYTES, reserved_bytes)
+        self.set(specs.POOL_BUDGET, budget_bytes)
+        self.changed()
+
     def snapshot(self) -> dict[str, Any]:
         """Plain data (picklable, JSON-able): who, when, every series, the last engine sample."""
         return {"component": self.component, "replica": self.replica, "model": self.model, "pid": os.getpid(),

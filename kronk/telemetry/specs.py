@@ -71,7 +71,14 @@ PULL_BYTES = Spec("kronk_pull_bytes_total", "counter", "Bytes pulled into the st
                   "counted when a pull job ends.")
 PULL_FAILURES = Spec("kronk_pull_failures_total", "counter", "Pull jobs that failed, by error code.",
                      (*BASE_LABELS, "code"))
+MODEL_EVENTS = Spec("kronk_pool_model_events_total", "counter", "Model pool state changes by kind (loading: a "
+                    "load started; loaded, unloaded, evicted, error).", (*BASE_LABELS, "event"))
+MODEL_LOAD_TIME = Spec("kronk_pool_model_load_seconds", "histogram", "Time to load a pool model (request to "
+                       "ready, without its wait for room).", bounds=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+POOL_BYTES = Spec("kronk_pool_reserved_bytes", "gauge", "Memory the pool's loaded models are estimated to take.")
+POOL_BUDGET = Spec("kronk_pool_budget_bytes", "gauge", "The pool's memory budget.")
 
 SPECS: dict[str, Spec] = {s.name: s for s in (
     REQUESTS, QUEUE_WAIT, TTFT, ITL, PROMPT_TOKENS, REUSED_TOKENS, COMPLETION_TOKENS, DECODE_TPS, PREFILL_TPS,
-    KV_USED, KV_TOTAL, ACTIVE, WAITING, PULL_JOBS, PULL_BYTES, PULL_FAILURES)}
+    KV_USED, KV_TOTAL, ACTIVE, WAITING, PULL_JOBS, PULL_BYTES, PULL_FAILURES, MODEL_EVENTS, MODEL_LOAD_TIME,
+    POOL_BYTES, POOL_BUDGET)}

@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kronk.settings import DEFAULT_MODEL
+from kronk.store.refs import store_dirname
 from tests.hubserver import HubServer, make_gguf
 from tests.integration.cli_utils import (
     KRONK,
@@ -269,11 +271,11 @@ def test_a_keyed_server_is_reached_by_the_cli_without_typing_a_key(home: Path) -
 
         assert status() == 401  # from loopback, too
         assert status("kronk-not-a-key") == 401 and status(setting_key) == 200
-        assert get_json(url + "/health")["models"] == ["gemma3-270m"]
+        assert get_json(url + "/health")["models"] == [DEFAULT_MODEL]
 
         # no key typed: the CLI uses the local admin key
         listed = kronk_json("model", "list", "--json", env=client_env)
-        assert [(m["name"], m["served"]) for m in listed] == [("gemma3-270m", True)]
+        assert [(m["name"], m["served"]) for m in listed] == [(DEFAULT_MODEL, True)]
         assert kronk_json("server", "status", "--json", env=client_env)["running"]
         p = kronk("model", "rm", "nosuchmodel", env=client_env)  # admin scope: the route answers for itself
         assert p.returncode == 2 and "not installed" in p.stderr, p.stderr
@@ -284,7 +286,7 @@ def test_a_keyed_server_is_reached_by_the_cli_without_typing_a_key(home: Path) -
         # created and revoked while it runs (no restart); no admin scope: no removal
         user = kronk("key", "create", "--name", "user", env=client_env, check=0).stdout.strip()
         until(lambda: status(user) == 200, 30, "the new key to be accepted")
-        assert status(user, "DELETE", "/v1/models/gemma3-270m") == 403
+        assert status(user, "DELETE", f"/v1/models/{DEFAULT_MODEL}") == 403
         kronk("key", "revoke", "user", env=client_env, check=0)
         until(lambda: status(user) == 401, 30, "the revoked key to be refused")
         assert status(setting_key) == 200
@@ -303,9 +305,9 @@ def test_a_keyed_server_is_reached_by_the_cli_without_typing_a_key(home: Path) -
 def _kv_bytes_per_cell(kv_type: str) -> float:
     from kronk.engine.kvcache import BYTES_PER_ELEMENT
     from kronk.engine.model import LlamaModel
-    from tests.models import gemma_path
+    from tests.models import smollm_path
 
-    m = LlamaModel(gemma_path(), vocab_only=True)
+    m = LlamaModel(smollm_path(), vocab_only=True)  # the default model's
     arch = m.architecture
     layers, heads = int(m.meta(f"{arch}.block_count")), int(m.meta(f"{arch}.attention.head_count_kv"))
     k, v = int(m.meta(f"{arch}.attention.key_length")), int(m.meta(f"{arch}.attention.value_length"))
@@ -332,13 +334,13 @@ def test_server_flags_beat_env_then_stop_leaves_nothing(tmp_path: Path, home: Pa
         # the flags won: port, models dir, parallel, ctx size, KV type
         assert not port_open(env_port)
         health = get_json(url + "/health")
-        assert health["models"] == ["gemma3-270m"]
-        stats = get_json(url + "/v1/stats")["models"]["gemma3-270m"]["stats"]
+        assert health["models"] == [DEFAULT_MODEL]
+        stats = get_json(url + "/v1/stats")["models"][DEFAULT_MODEL]["stats"]
         assert stats["n_slots"] == 3 and stats["n_ctx_slot"] == 1024
         assert stats["kv_bytes"] / stats["kv_cells_total"] == pytest.approx(_kv_bytes_per_cell("q8_0"))
-        card = next(c for c in get_json(url + "/v1/models")["data"] if c["id"] == "gemma3-270m")
+        card = next(c for c in get_json(url + "/v1/models")["data"] if c["id"] == DEFAULT_MODEL)
         assert card["context_length"] == 1024
-        assert (flag_models / "gemma3-270m" / "manifest.json").is_file() and not env_models.exists()
+        assert (flag_models / store_dirname(DEFAULT_MODEL) / "manifest.json").is_file() and not env_models.exists()
         # Ray's services yield the CPU to the model (--background-nice); the model's replica keeps its priority
         assert thread_nices("gcs_server", pid) == thread_nices("ray::ServeController", pid) == {10}
         assert thread_nices("ray::ServeReplica:kronk:", pid) == {0}
@@ -347,16 +349,16 @@ def test_server_flags_beat_env_then_stop_leaves_nothing(tmp_path: Path, home: Pa
         status = kronk_json("server", "status", "--json", env=client_env)
         assert status["running"] and status["url"] == url and status["pid"] == pid
         listed = kronk_json("model", "list", "--json", env=client_env)
-        assert [(m["name"], m["served"]) for m in listed] == [("gemma3-270m", True)]
+        assert [(m["name"], m["served"]) for m in listed] == [(DEFAULT_MODEL, True)]
         ps = kronk_json("model", "ps", "--json", "--interval", "0.2", env=client_env)
-        assert ps[0]["model"] == "gemma3-270m" and ps[0]["slots"] == 3
+        assert ps[0]["model"] == DEFAULT_MODEL and ps[0]["slots"] == 3
 
         # chat keeps the history, so the second turn reuses the first one's prefix
-        p = kronk("chat", "gemma3-270m", "--max-tokens", "8", "--temperature", "0", env=client_env,
+        p = kronk("chat", DEFAULT_MODEL, "--max-tokens", "8", "--temperature", "0", env=client_env,
                   input="Hello\nAnd then?\n", timeout=120, check=0)
         reused = [line for line in p.stderr.splitlines() if "reused from cache" in line]
         assert len(reused) == 2 and not reused[1].split(" prompt tokens, ")[1].startswith("0 "), p.stderr
-        _one_clear_line(kronk("chat", "nosuchmodel", env=client_env), "nosuchmodel", "gemma3-270m")
+        _one_clear_line(kronk("chat", "nosuchmodel", env=client_env), "nosuchmodel", DEFAULT_MODEL)
 
         # a pull through the server's model manager: progress on stderr, the file in its models dir
         p = kronk("model", "pull", REF, env=client_env, timeout=120, check=0)

@@ -27,7 +27,7 @@ from kronk.errors import EngineError, EngineOverloaded
 from kronk.serving.items import Failure
 from kronk.serving.local import LocalBackend
 from kronk.serving.service import ModelService
-from kronk.settings import ModelConfig, Settings
+from kronk.settings import DEFAULT_MODEL, ModelConfig, Settings
 from tests.helpers import GEMMA, http_server
 from tests.models import gemma_path
 
@@ -253,7 +253,7 @@ def test_every_call_a_replica_may_hold_reaches_its_engine():
     from deployments.llm import LlamaReplica
 
     batching = LlamaReplica._batched.set_max_batch_size.__self__  # Serve's lazy batch queue settings
-    m = Settings().resolved_model("gemma3-270m")
+    m = Settings().resolved_model(DEFAULT_MODEL)
     assert batching.max_concurrent_batches > 2 * (m.parallel + m.max_queued)
 
 

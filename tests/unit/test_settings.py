@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from kronk.catalog import Catalog
 from kronk.engine.config import EngineConfig, engine_config
 from kronk.settings import (
+    DEFAULT_MODEL,
     MODEL_ONLY_FIELDS,
     ModelConfig,
     Settings,
@@ -94,8 +95,8 @@ def test_resolved_model_leaves_nothing_for_downstream_to_default() -> None:
     assert (r.cache_type_k, r.cache_type_v) == ("f16", "f16")
     assert r.target_ongoing_requests == 6.0 and r.max_ongoing_requests == 6 + 64  # parallel + max_queued
     assert r.initial_replicas == 3 and r.max_replicas == 3  # max at least min
-    assert Settings(max_queued=3).resolved_model("gemma3-270m").max_ongoing_requests == 4 + 3
-    assert Settings().resolved_model("gemma3-270m").initial_replicas == 1
+    assert Settings(max_queued=3).resolved_model(DEFAULT_MODEL).max_ongoing_requests == 4 + 3
+    assert Settings().resolved_model(DEFAULT_MODEL).initial_replicas == 1
     assert Settings(models=[{"name": "z", "min_replicas": 0}]).resolved_model("z").initial_replicas == 1
 
 
@@ -114,8 +115,8 @@ def test_engine_config_defaults_are_the_settings_defaults() -> None:
     assert EngineConfig.model_fields["cache_type_k"].default == EngineConfig.model_fields["cache_type_v"].default == kv
     assert EngineConfig.model_fields["gpu_layers"].default == -1
     # an engine built without settings is the engine of a server with its defaults
-    resolved = Settings().resolved_model("gemma3-270m")
-    assert EngineConfig.from_model(resolved, "x.gguf") == EngineConfig(model_path="x.gguf", name="gemma3-270m")
+    resolved = Settings().resolved_model(DEFAULT_MODEL)
+    assert EngineConfig.from_model(resolved, "x.gguf") == EngineConfig(model_path="x.gguf", name=DEFAULT_MODEL)
 
 
 def test_from_model_copies_without_fallbacks() -> None:
@@ -149,8 +150,8 @@ def test_stream_interval_and_llama_log_are_settings(monkeypatch: pytest.MonkeyPa
 
 def test_llama_log_reaches_the_engine_config() -> None:
     s = Settings(llama_log=True)
-    assert engine_config(s, "gemma3-270m", "x.gguf").llama_log is True
-    assert engine_config(Settings(), "gemma3-270m", "x.gguf").llama_log is False
+    assert engine_config(s, DEFAULT_MODEL, "x.gguf").llama_log is True
+    assert engine_config(Settings(), DEFAULT_MODEL, "x.gguf").llama_log is False
 
 
 def test_init_backend_takes_llama_log_and_reads_no_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -147,7 +147,7 @@ async def serve_chat(svc: ModelService, req: ChatCompletionRequest, ctx: Request
                      obs: GenerationObserver) -> AsyncIterator[Item]:
     prompt = await svc.prepare(prepare_chat, svc, req, size=chat_size(req))
     gen_req = generation_request(req, prompt.tokens, prompt.grammar, ctx.request_id, svc.stop_markers,
-                                 svc.stop_token_ids)
+                                 svc.stop_token_ids, defaults=svc.sampling.params)
     rid, created = "chatcmpl-" + ctx.request_id, int(time.time())
     base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": svc.model_id,
             "system_fingerprint": svc.fingerprint}

@@ -43,7 +43,7 @@ async def serve_completion(svc: ModelService, req: CompletionRequest, ctx: Reque
     size = len(req.prompt) if isinstance(req.prompt, str) else 0
     size += format_cost(req.response_format)
     tokens, grammar = await svc.prepare(prepare_completion, svc, req, size=size)
-    gen_req = generation_request(req, tokens, grammar, ctx.request_id)
+    gen_req = generation_request(req, tokens, grammar, ctx.request_id, defaults=svc.sampling.params)
     rid, created = "cmpl-" + ctx.request_id, int(time.time())
     echo = req.prompt if (req.echo and isinstance(req.prompt, str)) else ""
     chunks = svc.engine.generate(gen_req)

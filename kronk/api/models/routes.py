@@ -1,4 +1,5 @@
-"""Models: ``GET /v1/models[/{id}]`` (served models, then installed ones), pulls, removal, catalog, the store."""
+"""Models: ``GET /v1/models[/{id}]`` (pinned models, then installed ones with their pool state), load/unload and
+the state events, pulls, removal, catalog, the store."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 
 from kronk.api.http import backend_of, check_model, installed_models, limits_of, ops_of, read_json
-from kronk.api.models.schemas import PullRequest
+from kronk.api.models.schemas import LoadRequest, PullRequest
 from kronk.api.schemas import json_body
-from kronk.errors import ModelNotFound, NotFound
+from kronk.errors import InvalidRequest, ModelNotFound, NotFound, Pinned
 from kronk.security.auth import ADMIN_ONLY
 from kronk.serving.backend import ModelOps
+from kronk.serving.pool import NotInPool
 from kronk.store.errors import ModelInUse
 from kronk.telemetry import tracing
 
@@ -95,28 +98,103 @@ async def catalog(request: Request, family: str | None = None, capability: str |
     return {"object": "list", "data": await ops_of(request).call("catalog", family, capability)}
 
 
-# ---- the served models
-@router.get("/v1/models")
-async def list_models(request: Request) -> dict[str, Any]:
-    """Served models, then models installed on disk that no deployment serves (``served: false``)."""
+# ---- the served models: pinned ones, then every installed one (served on demand by the pool, when it is on)
+def _pool_by_model(states: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for st in states:
+        out.setdefault(st["model"], []).append(st)
+    return out
+
+
+def _pool_card(name: str, created: int, states: list[dict[str, Any]], on_demand: bool) -> dict[str, Any]:
+    """An installed model's card: its state across the pool's replicas (loaded on which, loading, error, or
+    available to load on its first request)."""
+    loaded = [st for st in states if st["state"] == "loaded"]
+    loading = [st for st in states if st["state"] == "loading"]
+    state = "loaded" if loaded else "loading" if loading else "error" if states else "available"
+    card: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": "kronk",
+                            "served": on_demand, "pinned": False, "state": state if on_demand else "installed",
+                            "status": ("ready" if loaded else state) if on_demand else "installed"}
+    if loaded or loading:
+        card["loaded_on"] = [{k: st.get(k) for k in ("replica", "state", "active", "keep_alive_s", "expires_in_s",
+                                                     "load_s", "settings") if k in st} for st in loaded + loading]
+    errors = [st.get("error") for st in states if st.get("error")]
+    if errors and not loaded:
+        card["error"] = errors[0]
+    return card
+
+
+async def _cards(request: Request) -> list[dict[str, Any]]:
     backend = backend_of(request)
-    cards = [{**c, "served": True} for c in await backend.model_cards()]
+    on_demand = bool(getattr(backend, "on_demand", False))
+    cards = [{**c, "served": True, "pinned": True, "state": "error" if c.get("error") else
+              "available" if c.get("status") == "scaled_to_zero" else "loaded"} for c in await backend.model_cards()]
     served = {c["id"] for c in cards}
+    pool = _pool_by_model(await backend.pool_states()) if on_demand else {}
     for m in await installed_models(backend):
         if m["name"] not in served:
-            cards.append({"id": m["name"], "object": "model", "created": _unix(m.get("created_at")),
-                          "owned_by": "kronk", "served": False, "status": "installed"})
-    return {"object": "list", "data": cards}
+            cards.append(_pool_card(m["name"], _unix(m.get("created_at")), pool.get(m["name"], []), on_demand))
+    return cards
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """Pinned models, then the installed ones: each with its ``state`` (loaded, loading, available, error)."""
+    return {"object": "list", "data": await _cards(request)}
+
+
+@router.get("/v1/models/events")
+async def model_events(request: Request) -> StreamingResponse:
+    """Server-Sent Events of the pool's model state changes: loading, loaded, unloaded, evicted, error."""
+    backend = backend_of(request)
+
+    async def events() -> AsyncIterator[str]:
+        yield ": kronk model events\n\n"  # the stream is open
+        async for event in backend.model_events():
+            yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _keep_alive_body(request: Request) -> float | None:
+    body = await read_json(request) if int(request.headers.get("content-length") or 0) else {}
+    try:
+        req = LoadRequest.model_validate(body)
+    except ValidationError as e:
+        raise InvalidRequest(str(e.errors()[0]["msg"]), param="keep_alive") from None
+    return req.keep_alive
+
+
+@router.post("/v1/models/{model_id:path}/load", dependencies=ADMIN_ONLY)
+async def load_model(model_id: str, request: Request) -> dict[str, Any]:
+    """Load an installed model into the pool now (its keep-alive from the body's ``keep_alive``)."""
+    keep = await _keep_alive_body(request)
+    backend = backend_of(request)
+    await check_model(backend, model_id)
+    return await backend.load_model(model_id, keep)
+
+
+@router.post("/v1/models/{model_id:path}/unload", dependencies=ADMIN_ONLY)
+async def unload_model(model_id: str, request: Request) -> dict[str, Any]:
+    """Unload a pool model (once its running requests end)."""
+    backend = backend_of(request)
+    await check_model(backend, model_id)
+    return await backend.unload_model(model_id)
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     backend = backend_of(request)
-    for card in await backend.model_cards():
+    for card in await _cards(request):
         if card["id"] == model_id:
             return card
     await check_model(backend, model_id)
     raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
+
+
+async def _pool_loaded(backend: Any, model: str) -> bool:
+    return any(st["model"] == model and st["state"] in ("loaded", "loading") for st in await backend.pool_states())
 
 
 @router.delete("/v1/models/{model_id:path}", dependencies=ADMIN_ONLY)
@@ -124,7 +202,15 @@ async def remove(model_id: str, request: Request) -> dict[str, Any]:
     """Delete an installed model; 409 while a served model uses its files (its replicas map them: deleting
     them under a running engine, on shared storage on other nodes too, can crash it)."""
     ops = ops_of(request)
-    served = await backend_of(request).model_ids()
+    backend = backend_of(request)
+    if getattr(backend, "on_demand", False) and await _pool_loaded(backend, model_id):
+        try:  # a pool model is unloaded first; one with running requests is in use
+            await backend.unload_model(model_id)
+        except (Pinned, NotInPool):
+            pass
+        if await _pool_loaded(backend, model_id):
+            raise ModelInUse(f"model {model_id!r} is answering requests: delete it once they end", param="model")
+    served = await backend.model_ids()
     if served and (user := await ops.call("served_as", model_id, served)) is not None:
         alias = f" (as {user!r})" if user != model_id else ""
         raise ModelInUse(f"model {model_id!r} is being served{alias}: stop serving it (take it out of the server's "
