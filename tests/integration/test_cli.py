@@ -310,7 +310,10 @@ def _kv_bytes_per_cell(kv_type: str) -> float:
     m = LlamaModel(smollm_path(), vocab_only=True)  # the default model's
     arch = m.architecture
     layers, heads = int(m.meta(f"{arch}.block_count")), int(m.meta(f"{arch}.attention.head_count_kv"))
-    k, v = int(m.meta(f"{arch}.attention.key_length")), int(m.meta(f"{arch}.attention.value_length"))
+    head_dim = int(m.meta(f"{arch}.embedding_length")) // int(m.meta(f"{arch}.attention.head_count"))
+    # a GGUF without key/value lengths (SmolLM2's) has heads of embedding_length / head_count
+    k = int(m.meta(f"{arch}.attention.key_length") or head_dim)
+    v = int(m.meta(f"{arch}.attention.value_length") or head_dim)
     return layers * heads * (k + v) * BYTES_PER_ELEMENT[kv_type]
 
 
@@ -350,7 +353,7 @@ def test_server_flags_beat_env_then_stop_leaves_nothing(tmp_path: Path, home: Pa
         assert status["running"] and status["url"] == url and status["pid"] == pid
         listed = kronk_json("model", "list", "--json", env=client_env)
         assert [(m["name"], m["served"]) for m in listed] == [(DEFAULT_MODEL, True)]
-        ps = kronk_json("model", "ps", "--json", "--interval", "0.2", env=client_env)
+        ps = kronk_json("model", "ps", "--json", "--interval", "0.2", env=client_env)["models"]  # beside "states"
         assert ps[0]["model"] == DEFAULT_MODEL and ps[0]["slots"] == 3
 
         # chat keeps the history, so the second turn reuses the first one's prefix
