@@ -32,21 +32,21 @@ import httpx
 from benchmarks.peers import kronk_serve, wait_health
 from kronk.processes import free_port
 
-PROMPT = [{"role": "user", "content": "Name three colours."}]
+PROMPT = "Three colours of the rainbow are"
 THREADS = 2
 
 
 def ttft(url: str, model: str, timeout_s: float = 600) -> float:
-    """Seconds from sending a streamed chat request to its first content token."""
-    body = {"model": model, "messages": PROMPT, "max_tokens": 8, "temperature": 0, "stream": True}
+    """Seconds from sending a streamed completion request to its first token (the copies of the base model
+    have no chat template)."""
+    body = {"model": model, "prompt": PROMPT, "max_tokens": 8, "temperature": 0, "stream": True}
     t0 = time.perf_counter()
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=timeout_s) as r:
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=timeout_s) as r:
         if r.status_code != 200:
             raise RuntimeError(f"{model}: {r.status_code} {r.read()[:300]!r}")
         for line in r.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
-                delta = json.loads(line[6:])["choices"][0].get("delta", {})
-                if delta.get("content"):
+                if json.loads(line[6:])["choices"][0].get("text"):
                     return time.perf_counter() - t0
     raise RuntimeError(f"{model}: no token")
 

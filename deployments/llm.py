@@ -23,7 +23,6 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 
 from deployments.board import start_publisher_in_actor
-from kronk.api.families import HANDLERS
 from kronk.errors import EngineOverloaded, KronkError, ModelNotFound
 from kronk.serving.call import Call
 from kronk.serving.items import Failure, Item
@@ -51,9 +50,7 @@ def deployment_name(model: str) -> str:
 def load_service(settings: Settings, m: ModelConfig) -> ModelService:
     """Find (or pull, through the model manager) the model's GGUF and start its engine. ``m``: the model's config
     as the user wrote it (unresolved), so that the catalog's values fill only what the user left unset."""
-    from kronk.engine.config import engine_config
-    from kronk.engine.engine import LlamaEngine
-    from kronk.serving.sampling import served_sampling
+    from kronk.api.pool import start_service
     from kronk.store import ModelStore
 
     store = ModelStore(settings)
@@ -77,10 +74,7 @@ def load_service(settings: Settings, m: ModelConfig) -> ModelService:
                              job["bytes_total"] / 1e6, (job.get("rate_bps") or 0) / 1e6)
         path = ray.get(ref)
         manifest = store.resolve_manifest(m)
-    engine = LlamaEngine(engine_config(settings, m, path, manifest))
-    # what a request leaves unset: the server's setting, the GGUF's values, the catalog entry's
-    sampling = served_sampling(settings, store.catalog, m.model_source, manifest, engine)
-    return ModelService(engine, m.name, HANDLERS, sampling=sampling)
+    return start_service(settings, m, path, manifest)
 
 
 def deployment_options(m: ModelConfig) -> dict[str, Any]:

@@ -81,17 +81,30 @@ def plan_model(settings: Settings, model: str, budget: int) -> LoadPlan:
     return LoadPlan(int(est.total_bytes), chosen)
 
 
-def load_model(settings: Settings, model: str, plan: LoadPlan) -> ModelService:
-    """Start ``model``'s engine with the plan's settings (an installed model: nothing is pulled here)."""
+def start_service(settings: Settings, m: ModelConfig, path: str | Path, manifest: Any | None) -> ModelService:
+    """A model's engine and service (a pinned model's replica and the pool load the same way): its engine config
+    and the sampling defaults a request leaves unset (the server's setting, the GGUF's values, the catalog's)."""
     from kronk.engine.config import engine_config
     from kronk.engine.engine import LlamaEngine
+    from kronk.serving.sampling import served_sampling
+    from kronk.store import ModelStore
+
+    engine = LlamaEngine(engine_config(settings, m, path, manifest))
+    try:
+        sampling = served_sampling(settings, ModelStore(settings).catalog, m.model_source, manifest, engine)
+        return ModelService(engine, m.name, HANDLERS, sampling=sampling)
+    except BaseException:
+        engine.close()
+        raise
+
+
+def load_model(settings: Settings, model: str, plan: LoadPlan) -> ModelService:
+    """Start ``model``'s engine with the plan's settings (an installed model: nothing is pulled here)."""
     from kronk.store import ModelStore
 
     store = ModelStore(settings)
     cfg = ModelConfig(name=model, **plan.settings)
-    path = store.resolve(cfg)
-    engine = LlamaEngine(engine_config(settings, cfg, path, store.resolve_manifest(cfg)))
-    return ModelService(engine, model, HANDLERS)
+    return start_service(settings, cfg, store.resolve(cfg), store.resolve_manifest(cfg))
 
 
 def make_pool(settings: Settings, *, replica: str = "local", on_event: EventSink | None = None,
