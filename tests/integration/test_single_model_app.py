@@ -47,8 +47,8 @@ def test_the_model_replica_is_the_only_deployment(url):
 
 
 def test_models_health_and_unknown_model(url, client):
-    served = [m.id for m in client.models.list() if getattr(m, "served", True)]
-    assert served == [GEMMA]
+    pinned = [m.id for m in client.models.list() if getattr(m, "pinned", True)]
+    assert pinned == [GEMMA]
     assert httpx.get(url + "/health", timeout=10).json() == {"status": "ok", "models": [GEMMA]}
     r = httpx.post(url + "/v1/chat/completions", timeout=30,
                    json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]})

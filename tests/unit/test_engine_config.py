@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from kronk.engine.config import DEFAULT_UBATCH, EngineConfig, EngineSettingsError
 from kronk.errors import EngineError, KronkError
-from kronk.settings import MAX_CONTEXT_CELLS, Settings
+from kronk.settings import DEFAULT_MODEL, MAX_CONTEXT_CELLS, Settings
 
 # Not a file: an error about it would mean the engine got as far as loading the model.
 MISSING = "/nonexistent/model.gguf"
@@ -62,7 +62,7 @@ def test_small_legal_batch_sizes_are_accepted_and_the_default_grid_follows_the_m
 
 
 def test_settings_refuse_a_model_whose_resolved_values_are_impossible() -> None:
-    with pytest.raises(ValidationError, match="model gemma3-270m: parallel 32 is more than batch_size 16"):
+    with pytest.raises(ValidationError, match=f"model {DEFAULT_MODEL}: parallel 32 is more than batch_size 16"):
         Settings(parallel=32, batch_size=16)
     with pytest.raises(ValidationError, match="model small: parallel 32 is more than batch_size 16"):
         Settings(parallel=32, models=[{"name": "small", "batch_size": 16}])

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from kronk.api.http import backend_of, check_model, installed_models, limits_of, ops_of, read_json
+from kronk.api.http import backend_of, check_model, installed_models, limits_of, offline_models, ops_of, read_json
 from kronk.api.models.schemas import LoadRequest, PullRequest
 from kronk.api.schemas import json_body
 from kronk.errors import InvalidRequest, ModelNotFound, NotFound, Pinned
@@ -134,6 +134,10 @@ async def _cards(request: Request) -> list[dict[str, Any]]:
     for m in await installed_models(backend):
         if m["name"] not in served:
             cards.append(_pool_card(m["name"], _unix(m.get("created_at")), pool.get(m["name"], []), on_demand))
+            served.add(m["name"])
+    if on_demand:  # catalog models in installed PyPI packages: their first request puts them in the store
+        cards += [_pool_card(name, 0, pool.get(name, []), on_demand) for name in await offline_models(backend)
+                  if name not in served]
     return cards
 
 
