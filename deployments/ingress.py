@@ -23,11 +23,12 @@ from deployments.llm import BACKPRESSURE_RETRY_AFTER_S, deployment_name
 from kronk.api.app import create_app
 from kronk.api.errors import unwrap
 from kronk.api.limits import Limits
-from kronk.errors import EngineOverloaded, ModelNotFound, Pinned
+from kronk.errors import EngineOverloaded
 from kronk.security.access import Access
 from kronk.serving.backend import model_card, stats_of
 from kronk.serving.call import Call
 from kronk.serving.items import Failure, Item
+from kronk.serving.pool import not_for_pool
 from kronk.settings import Settings
 from kronk.telemetry import tracing
 from kronk.telemetry.board import Publisher
@@ -136,11 +137,8 @@ class ServeBackend:
         return [model_card(m, self.created, self._info.get(m) or await self._model_info(m)) for m in self.handles]
 
     def _pool_handle(self, model: str, stream: bool = False) -> DeploymentHandle:
-        if model in self.handles:
-            raise Pinned(f"{model} is pinned by the server's config (its own deployment): it is always loaded",
-                         param="model")
-        if self.pool is None or self._pool_streams is None:
-            raise ModelNotFound(f"The model '{model}' is not served (the model pool is off).", param="model")
+        if model in self.handles or self.pool is None or self._pool_streams is None:
+            raise not_for_pool(model, pinned=model in self.handles)
         return (self._pool_streams if stream else self.pool).options(multiplexed_model_id=model)
 
     async def stream(self, call: Call) -> AsyncIterator[Item]:

@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 
 from kronk.api.families import HANDLERS
-from kronk.serving.pool import EventSink, LoadPlan, ModelPool, ModelTooLarge
+from kronk.serving.pool import EventSink, LoadPlan, ModelPool, ModelTooLarge, parse_duration
 from kronk.serving.service import ModelService
 from kronk.settings import AUTOTUNED, ModelConfig, Settings
 
@@ -128,10 +128,5 @@ def make_pool(settings: Settings, *, replica: str = "local", on_event: EventSink
         svc.engine.close()
 
     return ModelPool(load, lambda m, free: plan_model(settings, m, free), budget,
-                     keep_alive_s=_keep_alive(settings.keep_alive_s), on_event=on_event, replica=replica, close=close)
-
-
-def _keep_alive(seconds: float) -> float:
-    from kronk.serving.pool import KEEP_FOREVER
-
-    return KEEP_FOREVER if seconds < 0 else seconds
+                     keep_alive_s=parse_duration(settings.keep_alive_s), on_event=on_event, replica=replica,
+                     close=close)

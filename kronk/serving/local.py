@@ -14,11 +14,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from kronk.errors import ModelNotFound, Pinned
+from kronk.errors import ModelNotFound
 from kronk.serving.backend import ModelOps, model_card, stats_of
 from kronk.serving.call import Call
 from kronk.serving.items import Failure, Item
-from kronk.serving.pool import ModelPool
+from kronk.serving.pool import ModelPool, not_for_pool
 from kronk.serving.replica import ModelReplica, replica_info, replica_snapshot
 from kronk.serving.service import ModelService
 
@@ -95,11 +95,8 @@ class LocalBackend:
         return await self._pool(model).unload(model)
 
     def _pool(self, model: str) -> ModelPool:
-        if model in self.models:
-            raise Pinned(f"{model} is pinned by the server's config (its own deployment): it is always loaded",
-                         param="model")
-        if self.pool is None:
-            raise ModelNotFound(f"The model '{model}' is not served (the model pool is off).", param="model")
+        if model in self.models or self.pool is None:
+            raise not_for_pool(model, pinned=model in self.models)
         return self.pool
 
     async def model_events(self) -> AsyncIterator[dict[str, Any]]:

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kronk.errors import EngineOverloaded, ErrorKind, KronkError
+from kronk.errors import EngineOverloaded, ErrorKind, KronkError, ModelNotFound, Pinned
 from kronk.serving.call import Call
 from kronk.serving.items import Failure, Item
 from kronk.serving.replica import ModelReplica, replica_info
@@ -106,6 +106,7 @@ class ModelPool:
         self.failed: dict[str, str] = {}  # model -> why its last load failed (until one succeeds)
         self._room = asyncio.Lock()  # one load decision (estimate, evictions, reservation) at a time
         self._reaper: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()  # unloads and loads running in the background
         self.loads = 0  # loads started (each model's first request, or after an unload)
         self._listeners: list[asyncio.Queue[dict[str, Any]]] = []
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)  # for readers in other processes
@@ -320,7 +321,6 @@ class ModelPool:
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
-        self._tasks = getattr(self, "_tasks", set())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -367,10 +367,16 @@ def parse_duration(v: float | int | str) -> float:
 
 
 def _keep_alive_of(request: Any) -> float | None:
-    v = getattr(request, "keep_alive", None)
-    if v is None:
-        return None
-    return KEEP_FOREVER if float(v) < 0 else float(v)
+    """A request's keep_alive, in seconds: its schema parsed it (parse_duration)."""
+    return getattr(request, "keep_alive", None)
+
+
+def not_for_pool(model: str, pinned: bool) -> KronkError:
+    """Why a load/unload of ``model`` is refused: the config pins it, or (``pinned`` false) there is no pool."""
+    if pinned:
+        return Pinned(f"{model} is pinned by the server's config (its own deployment): it is always loaded",
+                      param="model")
+    return ModelNotFound(f"The model '{model}' is not served (the model pool is off).", param="model")
 
 
 def _load_error(model: str, reason: str | None) -> KronkError:
