@@ -86,13 +86,16 @@ def start_service(settings: Settings, m: ModelConfig, path: str | Path, manifest
     and the sampling defaults a request leaves unset (the server's setting, the GGUF's values, the catalog's)."""
     from kronk.engine.config import engine_config
     from kronk.engine.engine import LlamaEngine
-    from kronk.serving.sampling import served_sampling
+    from kronk.serving.sampling import catalog_entry, served_sampling
     from kronk.store import ModelStore
 
     engine = LlamaEngine(engine_config(settings, m, path, manifest))
     try:
-        sampling = served_sampling(settings, ModelStore(settings).catalog, m.model_source, manifest, engine)
-        return ModelService(engine, m.name, HANDLERS, sampling=sampling)
+        catalog = ModelStore(settings).catalog
+        sampling = served_sampling(settings, catalog, m.model_source, manifest, engine)
+        entry = catalog_entry(catalog, m.model_source, manifest)
+        return ModelService(engine, m.name, HANDLERS, sampling=sampling,
+                            prompt_tools=entry is not None and "tools" in entry.capabilities)
     except BaseException:
         engine.close()
         raise

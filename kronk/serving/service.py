@@ -46,9 +46,13 @@ TURN_MARKERS = ("<end_of_turn>", "<start_of_turn>", "<|im_end|>", "<|im_start|>"
 class ModelService:
     def __init__(self, engine: Engine, model_id: str, handlers: Mapping[Endpoint, Handler],
                  tool_parser: str | None = None, reasoning: bool | None = None,
-                 system_fingerprint: str | None = None, sampling: ModelSampling | None = None):
+                 system_fingerprint: str | None = None, sampling: ModelSampling | None = None,
+                 prompt_tools: bool = False):
         """``sampling``: the model's sampling defaults (kronk.serving.sampling.model_sampling: the server's
-        setting, the GGUF, the catalog entry); default: the GGUF's values, else the server defaults."""
+        setting, the GGUF, the catalog entry); default: the GGUF's values, else the server defaults.
+        ``prompt_tools``: the model is known to call tools described in a prompt (its catalog entry's
+        capabilities say ``tools``), so tools are described to it with ``tool_choice: auto`` even where its chat
+        template cannot render them."""
         self.engine = engine
         self.model_id = model_id
         self.handlers = dict(handlers)
@@ -57,6 +61,7 @@ class ModelService:
         template = getattr(getattr(engine, "template", None), "source", None)
         self.template_source: str | None = template
         self.template_tools = template_supports_tools(template)  # the template renders `tools` itself
+        self.prompt_tools = prompt_tools
         self.tool_parser = tool_parser or guess_tool_parser(model_id, template)
         self.reasoning = reasoning if reasoning is not None else bool(template and "<think>" in template)
         self.fingerprint = system_fingerprint or f"kronk-{model_id}"
