@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from kronk.api.limits import DEFAULT_LIMITS, INT_MAX_DIGITS, Limits, lone_surrogate_path, nesting_depth
 from kronk.api.middleware import request_info, set_model
+from kronk.api.wire import Wire, wire_for
 from kronk.errors import InvalidRequest, ModelNotFound, PayloadTooLarge
 from kronk.serving.backend import Backend, ModelOps
 from kronk.serving.call import Call, Endpoint, RequestContext
@@ -154,11 +155,15 @@ async def check_model(backend: Backend, model: str) -> None:
                             param="model")
 
 
-async def handle(request: Request, endpoint: Endpoint, schema: type[BaseModel]) -> Response:
-    """A model route: validate the body once, check the model, run the call, answer with its items."""
+async def handle(request: Request, endpoint: Endpoint, schema: type[BaseModel],
+                 body: dict[str, Any] | None = None) -> Response:
+    """A model route: validate the body once, check the model, run the call, answer with its items (written
+    with the wire of the route's family, kronk/api/wire.py). ``body``: the JSON object when the route has read
+    it already (a family that maps its fields before validating)."""
     backend = backend_of(request)
     with tracing.span("kronk.route", attributes={"kronk.endpoint": endpoint.value}) as sp:
-        body = await read_json(request)
+        if body is None:
+            body = await read_json(request)
         model = body.get("model")
         if isinstance(model, str) and model in await backend.model_ids():
             set_model(request, model)  # label this request's metrics, 4xx included, with a served model
@@ -170,6 +175,7 @@ async def handle(request: Request, endpoint: Endpoint, schema: type[BaseModel]) 
 
 
 async def respond(items: AsyncIterator[Item], request: Request) -> Response:
+    wire = wire_for(request.url.path)
     try:
         first = await items.__anext__()
     except BaseException:
@@ -177,22 +183,23 @@ async def respond(items: AsyncIterator[Item], request: Request) -> Response:
         raise
     if isinstance(first, Failure):
         await items.aclose()
-        return JSONResponse(first.envelope(), status_code=first.status, headers=first.headers())  # Retry-After
+        return wire.error_response(first)  # with Retry-After when the failure knows it
     if isinstance(first, dict):
         await items.aclose()
         return JSONResponse(first)
-    return StreamingResponse(_sse(first, items, request_info(request).span), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(_stream(first, items, wire, request_info(request).span), media_type=wire.media_type,
+                             headers=wire.headers)
 
 
-async def _sse(first: str, items: AsyncIterator[Item], parent: Any = None) -> AsyncIterator[str]:
-    """The SSE body; with tracing on, a ``kronk.stream_write`` span covers writing it to the client."""
+async def _stream(first: str, items: AsyncIterator[Item], wire: Wire, parent: Any = None) -> AsyncIterator[str]:
+    """The streamed body (SSE, or a family's own stream); with tracing on, a ``kronk.stream_write`` span covers
+    writing it to the client."""
     n, size, t0 = 1, len(first), time.time_ns()
     try:
         yield first
         async for item in items:
             if isinstance(item, Failure):  # mid-stream failure: tell the client in-band, then end the stream
-                yield item.sse()
+                yield wire.stream_error(item)
                 return
             n += 1
             size += len(item)

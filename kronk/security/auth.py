@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from fastapi import Depends
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kronk.api.wire import wire_for
 from kronk.errors import KronkError, PermissionDenied, RateLimited, Unauthorized, UnsupportedMediaType
 from kronk.security.access import ANONYMOUS, Access, Principal, host_name, origin_host
+from kronk.serving.items import Failure
 
 OPEN_PATHS = {"/health"}
 PRINCIPAL_KEY = "kronk.principal"
@@ -59,7 +60,8 @@ def _has_body(scope: Scope) -> bool:
 
 async def _answer(err: KronkError, scope: Scope, receive: Receive, send: Send,
                   headers: dict[str, str] | None = None) -> None:
-    await JSONResponse({"error": err.to_dict()}, status_code=err.kind.status, headers=headers)(scope, receive, send)
+    wire = wire_for(scope.get("path", ""))
+    await wire.error_response(Failure.of(err), headers)(scope, receive, send)
 
 
 class AccessMiddleware:

@@ -87,3 +87,39 @@ def test_template_markup_never_reaches_content(client):
         r = client.chat.completions.create(model=model, temperature=0, max_tokens=60,
                                            messages=[{"role": "user", "content": "What is the capital of France?"}])
         assert not any(m in r.choices[0].message.content for m in markup), r.choices[0].message.content
+
+
+def test_auto_tools_are_left_out_where_the_template_cannot_render_them(client, services, monkeypatch):
+    """SmolLM2's template renders no tools and its catalog entry does not say it calls tools: with tool_choice
+    auto the tools are not described to it (a small model would recite them); a forced call describes them."""
+    msgs = [{"role": "user", "content": "Why is the sky blue?"}]
+
+    def prompt_tokens(**kw) -> int:
+        return client.chat.completions.create(model=SMOL, temperature=0, max_tokens=1, messages=msgs,
+                                              **kw).usage.prompt_tokens
+
+    plain = prompt_tokens()
+    assert prompt_tokens(tools=WEATHER) == plain
+    assert prompt_tokens(tools=WEATHER, tool_choice="required") > plain + 10
+    monkeypatch.setattr(services[SMOL], "prompt_tools", True)  # as if the catalog said "tools"
+    assert prompt_tokens(tools=WEATHER) > plain + 10
+
+
+def test_reasoning_fields_reach_the_template_and_structure_turns_thinking_off():
+    from types import SimpleNamespace
+
+    from kronk.api.chat.prompt import template_kwargs
+    from kronk.api.chat.schemas import ChatCompletionRequest
+
+    def req(**kw) -> ChatCompletionRequest:
+        return ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                                                     **kw})
+
+    thinker, plain = SimpleNamespace(reasoning=True), SimpleNamespace(reasoning=False)
+    assert template_kwargs(thinker, req(reasoning_effort="low", enable_thinking=True), forced=False) == {
+        "reasoning_effort": "low", "enable_thinking": True}
+    assert template_kwargs(thinker, req(), forced=True) == {"enable_thinking": False}
+    assert template_kwargs(thinker, req(enable_thinking=True), forced=True) == {"enable_thinking": True}
+    assert template_kwargs(thinker, req(chat_template_kwargs={"enable_thinking": True}), forced=True) == {
+        "enable_thinking": True}
+    assert template_kwargs(plain, req(), forced=True) == {}

@@ -342,8 +342,10 @@ def test_a_token_limit_the_context_cannot_hold_is_a_400_naming_the_limit(api_url
     assert r.status_code == 200, r.text
 
 
-def test_tools_that_leave_no_room_for_the_token_limit_are_dropped_not_refused(api_url, services):
-    # as when tools alone overflow the context (OpenWebUI attaches ~36 to every turn, its titles ask 1000 tokens)
+def test_tools_that_leave_no_room_for_the_token_limit_are_dropped_not_refused(api_url, services, monkeypatch):
+    # as when tools alone overflow the context (OpenWebUI attaches ~36 to every turn, its titles ask 1000 tokens),
+    # on a model that is given tools with tool_choice auto (here: as if its catalog entry said it calls tools)
+    monkeypatch.setattr(services[SMOL], "prompt_tools", True)
     big = {"type": "function", "function": {"name": "lookup", "description": "word " * 1200,
                                             "parameters": {"type": "object"}}}
     eos = services[SMOL].engine.model.eos
