@@ -36,6 +36,29 @@ USER: What is the capital of France?
 ASSISTANT: {answer}
 </chat_history>"""
 
+TAGS_TASK = """### Task:
+Generate 1-3 broad tags categorizing the main themes of the chat history, along with 1-3 more specific subtopic tags.
+### Output:
+JSON format: { "tags": ["tag1", "tag2", "tag3"] }
+### Chat History:
+<chat_history>
+USER: What is the capital of France?
+ASSISTANT: {answer}
+</chat_history>"""
+
+# OpenWebUI's built-in tools, as its native function calling attaches them to every turn (names as it sends them;
+# it sends ~36, all shaped like these)
+OPENWEBUI_TOOLS = [{"type": "function", "function": {
+    "name": name, "description": f"{name.replace('_', ' ')} (an OpenWebUI built-in tool)",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": []}}}
+    for name in ("get_current_timestamp", "calculate_timestamp", "search_web", "fetch_url", "search_knowledge_bases",
+                 "query_knowledge_files", "search_notes", "view_note", "write_note", "search_chats", "view_chat",
+                 "search_memories", "add_memory", "replace_memory_content", "generate_image", "edit_image",
+                 "execute_code", "list_files", "view_file", "search_files", "get_weather", "get_user_info",
+                 "list_models", "search_channels", "view_channel", "send_message", "create_task", "list_tasks",
+                 "update_task", "delete_task", "create_event", "list_events", "translate_text", "summarize_text",
+                 "convert_units", "get_time_zone")]
+
 MARKUP = ("<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>", "<|endoftext|>")
 
 
@@ -50,7 +73,7 @@ def test_openwebui_flow(api_url, model):
             if ch["choices"]:
                 answer += ch["choices"][0]["delta"].get("content") or ""
     assert answer
-    for task, limit in ((TITLE_TASK, 1000), (FOLLOW_UP_TASK, None)):
+    for task, limit in ((TITLE_TASK, 1000), (FOLLOW_UP_TASK, None), (TAGS_TASK, None)):
         # OpenWebUI's shape (no temperature, no response_format); the seed only makes the test repeatable
         body = {"model": model, "stream": False, "seed": 42,
                 "messages": [{"role": "user", "content": task.replace("{answer}", answer)}]}
@@ -65,6 +88,7 @@ def test_openwebui_flow(api_url, model):
         assert len(data["choices"]) == 1
         content = data["choices"][0]["message"]["content"]
         assert not any(m in content for m in MARKUP), content
+        assert "reasoning_content" not in data["choices"][0]["message"] and "<think>" not in content
         if model == GEMMA:  # a base model: no instruction following to check beyond clean output
             continue
         # with response_format json_object and no token limit, as OpenWebUI can send it: the answer ends
@@ -85,3 +109,25 @@ def test_openwebui_flow(api_url, model):
             assert isinstance(json.loads(sliced), dict), content
         else:
             assert ends_in_a_loop(content), content
+
+
+def test_openwebui_turn_with_its_built_in_tools(api_url):
+    """OpenWebUI attaches its ~36 built-in tools to every turn (tool_choice unset: auto). The default model's
+    template renders no tools: they are left out, so the answer is the answer, not a recital of the tool list
+    (9,570 characters of "You can call these functions: - get_current_timestamp ..." before), and the prompt is
+    the chat's own."""
+    msgs = [{"role": "user", "content": "Why is the sky blue?"}]
+    plain = httpx.post(api_url + "/v1/chat/completions", timeout=120, json={
+        "model": SMOL, "messages": msgs, "max_tokens": 1, "temperature": 0}).json()["usage"]["prompt_tokens"]
+    answer, usage = "", None
+    with httpx.stream("POST", api_url + "/v1/chat/completions", timeout=120, json={
+            "model": SMOL, "stream": True, "max_tokens": 60, "temperature": 0, "tools": OPENWEBUI_TOOLS,
+            "stream_options": {"include_usage": True}, "messages": msgs}) as r:
+        assert r.status_code == 200
+        for ch in sse_events(r.iter_lines()):
+            if ch["choices"]:
+                assert "tool_calls" not in ch["choices"][0]["delta"]
+                answer += ch["choices"][0]["delta"].get("content") or ""
+            usage = ch.get("usage") or usage
+    assert answer.strip() and usage["prompt_tokens"] == plain
+    assert not any(t["function"]["name"] in answer for t in OPENWEBUI_TOOLS), answer
