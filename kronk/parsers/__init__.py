@@ -5,7 +5,7 @@ See docs/tools.md. The names below are the public API.
 
 from kronk.parsers.base import StreamState, ToolParser
 from kronk.parsers.families import TOOL_PARSERS, get_tool_parser, guess_tool_parser
-from kronk.parsers.output import OutputParser, OutputStream
+from kronk.parsers.output import OutputParser, OutputStream, output_parser
 from kronk.parsers.prompt import (
     chosen_function,
     render_tools_system_prompt,
@@ -40,6 +40,7 @@ __all__ = [
     "get_tool_parser",
     "guess_tool_parser",
     "new_call_id",
+    "output_parser",
     "render_tools_system_prompt",
     "template_supports_tools",
     "tool_call_grammar_schema",

@@ -13,8 +13,12 @@ is split. A stream *commits* a call (sends its name, then its arguments as they
 come) once its name and the opening ``{`` of its arguments have been read. If
 the text breaks after that point, the committed calls stand and the text from
 the break on is content, in both modes; except that when a committed call's
-arguments never completed (an output cut off mid-call), whole-text parsing
-gives the whole candidate back as content, which a stream cannot do.
+arguments are malformed, whole-text parsing gives the whole candidate back as
+content, which a stream cannot do.
+
+An output that ends inside a call (cut off by a token limit) is not a break: the
+open calls whose names are known are reported with the arguments read so far,
+the markup is never content, and ``cut_call`` says so.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
+from kronk.parsers.coerce import Coercer
 from kronk.parsers.jsonscan import COMMIT, WS
 from kronk.parsers.reader import Calls, Cursor, Fail, Gen, is_object
 from kronk.parsers.types import ParsedOutput, StreamEvent, coalesce, collect, new_call_id
@@ -37,6 +42,7 @@ class Opener:
     leading: bool = False  # only at the start of the output or right after a call
     consume: bool = True  # the body starts after the marker (else at it, e.g. "{")
     eager: bool = True  # stream arguments while they are written
+    sure: bool = True  # the marker alone says a call follows (a cut after it is a cut call)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,9 @@ class Family:
     openers: tuple[Opener, ...]
     separators: str = ""  # skipped after a call, besides whitespace (";" for Llama 3)
     allowed_names: frozenset[str] | None = None  # checked for bare-JSON calls
+    coercer: Coercer | None = None  # the tools' schemas: arguments are coerced to them
+    max_calls: int | None = None  # report this many calls at most; drop what follows
+    driver: Callable[[Family, bool], Any] | None = None  # a whole-output format (harmony)
 
 
 @dataclass(slots=True)
@@ -53,6 +62,7 @@ class _Candidate:
     cur: Cursor
     opener_len: int
     mark: int  # len(events) when it began (whole-text mode takes them back on a revert)
+    sure: bool
 
 
 @dataclass(slots=True)
@@ -86,12 +96,16 @@ class StreamState:
         self._n_calls = 0
         self._open: list[_Sent] = []  # the candidate's calls sent so far
         self._skip = WS + family.separators
+        self._dropping = False  # max_calls reached: the rest of the output is dropped
+        self.cut_call = False  # the output ended inside a call (set by finish)
         self._markers = tuple(o.marker for o in family.openers if not o.leading)
         self._leading = tuple(o for o in family.openers if o.leading)
 
     def feed(self, text: str) -> list[StreamEvent]:
         if self._closed:
             raise RuntimeError("feed() after finish()")
+        if self._dropping:
+            return []
         buf, self._buf = self._buf, ""
         if self._cand is not None:
             self._cand.cur.buf = ""  # one reference left: CPython can grow the string in place
@@ -114,6 +128,9 @@ class StreamState:
 
     def _run(self) -> None:
         while True:
+            if self._dropping:
+                self._buf, self._pending_ws = "", ""
+                return
             if self._cand is None:
                 if not self._content_step():
                     return
@@ -176,7 +193,8 @@ class StreamState:
             self._buf = buf[idx:]
             start = len(op.marker) if op.consume else 0
             cur = Cursor(self._buf, start, op.eager, self.family.allowed_names)
-            self._cand = _Candidate(op.body(cur), cur, len(op.marker), len(self._events))
+            cur.coercer = self.family.coercer
+            self._cand = _Candidate(op.body(cur), cur, len(op.marker), len(self._events), op.sure)
             return True
         if self._final:
             if buf:
@@ -214,6 +232,16 @@ class StreamState:
         self._events.append(StreamEvent(tool_call=tc))
         return sent
 
+    def _room(self) -> int | None:
+        """How many more calls may be reported (None: any number)."""
+        if self.family.max_calls is None:
+            return None
+        return max(0, self.family.max_calls - self._n_calls)
+
+    def _delayed(self, name: str) -> bool:
+        """Arguments that coercion may change are sent once complete."""
+        return self.family.coercer is not None and self.family.coercer.needs(name)
+
     def _piece(self, k: int, piece: str) -> None:
         self._open[k].pieces.append(piece)
         tc = {"index": self._n_calls + k, "function": {"arguments": piece}}
@@ -223,15 +251,24 @@ class StreamState:
         """Send what is new of the committed calls (streams arguments as they are written)."""
         if not cur.eager or cur.partial is None or cur.scan is None:
             return
+        room = self._room()
         for k, (name, start, end) in enumerate(cur.partial()):
+            if room is not None and k >= room:
+                break
             sent = self._open[k] if k < len(self._open) else self._header(name, start)
-            if end > sent.pos:
+            if end > sent.pos and not self._delayed(name):
                 self._piece(k, cur.scan.text(cur.buf, sent.pos, end))
                 sent.pos = end
 
     def _send_calls(self, calls: Calls) -> None:
         """Send the complete calls: what has not been sent of them yet."""
+        room = self._room()
+        coercer = self.family.coercer
         for k, (name, args) in enumerate(calls):
+            if room is not None and k >= room:
+                break
+            if coercer is not None:
+                args = coercer.arguments(name, args)
             sent = self._open[k] if k < len(self._open) else self._header(name, 0)
             done = sent.text()
             if len(args) > len(done) and args.startswith(done):
@@ -242,6 +279,45 @@ class StreamState:
         self._open = []
         self._buf = self._buf[pos:]
         self._cand = None
+        room = self._room()
+        if room is not None and room <= 0:
+            self._dropping = True
+
+    @staticmethod
+    def _sure(cand: _Candidate) -> bool:
+        return cand.cur.sure if cand.cur.sure is not None else cand.sure
+
+    def _cut_calls(self, cand: _Candidate) -> Calls:
+        """The calls of a candidate the output ended in: complete ones, then the open one
+        with the arguments read so far (a body reading non-JSON arguments says them)."""
+        cur = cand.cur
+        if cur.cut is not None:
+            return cur.cut()
+        if cur.scan is None or cur.partial is None:
+            return []
+        if not self._sure(cand) and not cur.eager and cur.allowed is None:
+            return []  # bare JSON that was not streamed: a cut call only if it names a known tool
+        calls = [(name, cur.scan.text(cur.buf, s, e)) for name, s, e in cur.partial()]
+        if self._sure(cand) and not cur.scan.commit_at_open:
+            named = cur.scan.named_calls(cur.buf)
+            if len(named) > len(calls):
+                calls = named
+        return calls
+
+    def _cut(self) -> bool:
+        """The output ended inside the candidate: report its calls as cut, or (after a
+        marker that only calls follow) drop it. False: it is content after all."""
+        cand = self._cand
+        assert cand is not None
+        calls = self._cut_calls(cand)
+        if not calls and not self._sure(cand):
+            return False
+        self._send_calls(calls)
+        self.cut_call = True
+        self._pending_ws = ""
+        self._end_candidate(len(self._buf))
+        self._after_call = self._at_boundary = True
+        return True
 
     def _keep_committed(self) -> bool:
         """After a break: keep the calls already committed? (Whole-text mode takes them
@@ -267,6 +343,8 @@ class StreamState:
         self._end_candidate(pos)
 
     def _fail(self, pos: int) -> None:
+        if self._final and pos >= len(self._buf) and self._cut():
+            return
         if self._keep_committed():  # committed calls stand; go on reading content where it broke
             self._end_candidate(min(pos, len(self._buf)))
         else:
@@ -288,15 +366,28 @@ class ToolParser:
     def name(self) -> str:
         return self.family.name
 
+    @property
+    def handles_reasoning(self) -> bool:
+        """Whether this format carries its own reasoning (harmony's analysis channel)."""
+        return self.family.driver is not None
+
     def stream(self) -> StreamState:
         """A fresh incremental parser for one streamed output."""
+        if self.family.driver is not None:
+            return self.family.driver(self.family, False)  # type: ignore[no-any-return]
         return StreamState(self.family)
 
     def parse(self, text: str) -> ParsedOutput:
-        """Split a whole output into content and tool calls; never raises on odd text."""
-        state = StreamState(self.family, whole=True)
+        """Split a whole output into content and tool calls; never raises on odd text.
+        ``cut_call`` on the result: the output ended inside a call."""
+        if self.family.driver is not None:
+            state = self.family.driver(self.family, True)
+        else:
+            state = StreamState(self.family, whole=True)
         state.feed(text)
-        return collect(state.finish())
+        out = collect(state.finish())
+        out.cut_call = state.cut_call
+        return out
 
     def __repr__(self) -> str:
         return f"ToolParser({self.family.name!r})"

@@ -112,6 +112,21 @@ class JsonScan:
             out.append((obj.name, s, e if e >= 0 else self.pos))
         return out
 
+    def named_calls(self, buf: str) -> list[tuple[str, str]]:
+        """(name, arguments text so far) of the leading call objects whose name is known,
+        committed or not ("{}" where no arguments were read): the calls of a cut output."""
+        out: list[tuple[str, str]] = []
+        for obj in self.objects:
+            if not obj.name:
+                break
+            key = obj.args_key()
+            if key is None:
+                out.append((obj.name, "{}"))
+                continue
+            s, e = obj.members[key]
+            out.append((obj.name, self.text(buf, s, e if e >= 0 else self.pos)))
+        return out
+
     # -- scanning ----------------------------------------------------------------------
     def run(self, buf: str, stop_on_commit: bool = False) -> str:
         """Scan what ``buf`` holds past the last position; returns MORE, DONE, ERROR or COMMIT."""

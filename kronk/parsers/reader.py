@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Generator
 from typing import TypeVar
 
+from kronk.parsers.coerce import Coercer
 from kronk.parsers.jsonscan import COMMIT, DONE, ERROR, WS, JsonScan
 
 NEED = "need"
@@ -36,7 +37,7 @@ class Fail(Exception):
 class Cursor:
     """A body's view of the candidate text: the buffer so far and a read position."""
 
-    __slots__ = ("allowed", "buf", "eager", "final", "partial", "pos", "scan")
+    __slots__ = ("allowed", "buf", "coercer", "cut", "eager", "final", "partial", "pos", "scan", "sure")
 
     def __init__(self, buf: str, pos: int, eager: bool, allowed: frozenset[str] | None) -> None:
         self.buf = buf
@@ -47,6 +48,10 @@ class Cursor:
         # the calls committed so far (set by json_value): their arguments' spans in buf
         self.partial: Callable[[], Spans] | None = None
         self.scan: JsonScan | None = None
+        # a body reading non-JSON arguments: the calls read so far, for an output cut mid-call
+        self.cut: Callable[[], Calls] | None = None
+        self.sure: bool | None = None  # a body may decide the opener's ``sure`` (a fence's language)
+        self.coercer: Coercer | None = None  # the tools' schemas (for raw-text parameter values)
 
     def committed_calls(self) -> Calls:
         """The committed calls with their arguments text so far."""
@@ -107,6 +112,60 @@ def read_name(cur: Cursor, markers: tuple[str, ...], pattern: re.Pattern[str] = 
         if cur.final or not any(mk.startswith(rest) for mk in markers):
             raise Fail(q)
         yield NEED
+
+
+def expect_one(cur: Cursor, markers: tuple[str, ...], cut_on_partial: bool = True) -> Gen[str | None]:
+    """Consume whichever of ``markers`` the text goes on with (None: something else, or the
+    end). At the end of the output a piece of one is a cut (``Fail`` at the end), or, with
+    ``cut_on_partial=False`` (optional closers), consumed."""
+    while True:
+        rest = cur.buf[cur.pos :]
+        for mk in markers:
+            if rest.startswith(mk):
+                cur.pos += len(mk)
+                return mk
+        if not rest or not any(mk.startswith(rest) for mk in markers):
+            if rest or cur.final:
+                return None
+        elif cur.final:
+            if cut_on_partial:
+                raise Fail(len(cur.buf))
+            cur.pos = len(cur.buf)
+            return None
+        yield NEED
+
+
+def read_until(cur: Cursor, markers: tuple[str, ...]) -> Gen[tuple[str, str]]:
+    """The text up to the first of ``markers`` (consumed): (text, marker). Ending first is a
+    cut: ``Fail`` at the end of the output."""
+    longest = max(len(m) for m in markers)
+    scan_from = cur.pos
+    while True:
+        buf = cur.buf
+        best: tuple[int, str] | None = None
+        for mk in markers:
+            i = buf.find(mk, scan_from)
+            if i >= 0 and (best is None or i < best[0]):
+                best = (i, mk)
+        if best is not None:
+            text = buf[cur.pos : best[0]]
+            cur.pos = best[0] + len(best[1])
+            return text, best[1]
+        if cur.final:
+            raise Fail(len(buf))
+        scan_from = max(cur.pos, len(buf) - longest + 1)
+        yield NEED
+
+
+def partial_suffix(text: str, markers: tuple[str, ...]) -> int:
+    """Length of the longest end of ``text`` that is a proper prefix of one of ``markers``."""
+    best = 0
+    for mk in markers:
+        for k in range(min(len(mk) - 1, len(text)), best, -1):
+            if text.endswith(mk[:k]):
+                best = k
+                break
+    return best
 
 
 def read_word(cur: Cursor) -> Gen[str]:

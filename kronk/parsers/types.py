@@ -46,11 +46,14 @@ class ParsedOutput:
     """A whole model output split into the text the user sees and the tool calls it made.
 
     ``content`` is None when the output was only tool calls (and whitespace).
+    ``cut_call``: the output ended inside a tool call (a token limit): the call is in
+    ``tool_calls`` with the arguments read so far; answer ``finish_reason: "length"``.
     """
 
     content: str | None
     tool_calls: list[ToolCall] = field(default_factory=list)
     reasoning_content: str | None = None
+    cut_call: bool = False
 
 
 @dataclass(slots=True)
