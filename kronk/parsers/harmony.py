@@ -57,8 +57,8 @@ class HarmonyState:
         self._fresh = False  # the open message has sent nothing yet
         self._n_calls = 0
         self._call_name = ""
-        self._args: list[str] = []  # the open call's arguments sent so far
-        self._body: list[str] = []  # the open call's message text so far
+        self._sent = ""  # the open call's arguments sent so far
+        self._body = ""  # the open call's message text so far
         self._lead = True  # the open call's text is still leading whitespace
 
     # -- interface -------------------------------------------------------------------
@@ -199,27 +199,27 @@ class HarmonyState:
             if not text:
                 return
             self._lead = False
-        self._body.append(text)
+        self._body += text
         if self._delayed():
             return
-        sent = "".join(self._args)
-        body = "".join(self._body)
-        ready = body.rstrip(_WS)  # trailing whitespace waits: the arguments end stripped
-        if len(ready) > len(sent):
-            self._piece(ready[len(sent) :])
+        body, end = self._body, len(self._body)
+        while end > len(self._sent) and body[end - 1] in _WS:
+            end -= 1  # trailing whitespace waits: the arguments end stripped
+        if end > len(self._sent):
+            self._piece(body[len(self._sent) : end])
 
     def _delayed(self) -> bool:
         coercer = self.family.coercer
         return coercer is not None and coercer.needs(self._call_name)
 
     def _piece(self, piece: str) -> None:
-        self._args.append(piece)
+        self._sent += piece
         self._events.append(StreamEvent(tool_call={"index": self._n_calls, "function": {"arguments": piece}}))
 
     def _open_call(self, recipient: str) -> None:
         name = recipient.removeprefix("functions.")
         self._kind, self._call_name = "call", name
-        self._args, self._body, self._lead = [], [], True
+        self._sent, self._body, self._lead = "", "", True
         tc: dict[str, Any] = {
             "index": self._n_calls,
             "id": new_call_id(),
@@ -229,11 +229,11 @@ class HarmonyState:
         self._events.append(StreamEvent(tool_call=tc))
 
     def _close_call(self, cut: bool) -> None:
-        body = "".join(self._body).strip(_WS) or "{}"
+        body = self._body.strip(_WS) or "{}"
         coercer = self.family.coercer
         if coercer is not None:
             body = coercer.arguments(self._call_name, body)
-        sent = "".join(self._args)
+        sent = self._sent
         if body.startswith(sent) and len(body) > len(sent):
             self._piece(body[len(sent) :])
         self._n_calls += 1

@@ -17,7 +17,7 @@ Calls = list[tuple[str, str]]
 
 _CLOSE = {"(": ")", "[": "]", "{": "}"}
 _JSON_NAMES = {"true": True, "false": False, "null": None, "none": None}
-_CUT_TRIES = 64  # prefixes tried when reading a cut-off text
+_CUT_TRIES = 16  # prefixes tried when reading a cut-off text
 
 
 class _JsonNames(ast.NodeTransformer):
@@ -87,6 +87,17 @@ def calls_from_source(src: str) -> Calls | None:
     return calls or None
 
 
+_Node = tuple[str, "_Node"] | None
+
+
+def _closers(node: _Node) -> str:
+    out: list[str] = []
+    while node is not None:
+        out.append(_CLOSE[node[0]])
+        node = node[1]
+    return "".join(out)
+
+
 class PyScan:
     """Scans Python text in a growing buffer: brackets and strings, and the points where a
     cut-off text can be closed (after ``(``, ``[``, ``{`` or ``,``) to read what it holds."""
@@ -97,7 +108,8 @@ class PyScan:
         self.stack: list[str] = []
         self.quote = ""  # the open string's quote ('"', "'", '\"\"\"' or "'''")
         self.escape = False
-        self.safe: list[tuple[int, str]] = []  # (end of a prefix, the closers it needs)
+        self.safe: list[tuple[int, _Node]] = []  # (end of a prefix, the open brackets there)
+        self._top: _Node = None  # the open brackets as a linked list: snapshots cost nothing
 
     def run(self, buf: str, until: str | None = None, final: bool = False) -> int:
         """Scan on. With ``until`` (e.g. a closing fence): where it starts outside strings;
@@ -135,17 +147,19 @@ class PyScan:
                 self.quote = c
             elif c in _CLOSE:
                 stack.append(c)
-                self.safe.append((i + 1, "".join(_CLOSE[b] for b in reversed(stack))))
+                self._top = (c, self._top)
+                self.safe.append((i + 1, self._top))
             elif c in ")]}":
                 if not stack or _CLOSE[stack[-1]] != c:
                     self.pos = i
                     return -2  # unbalanced: not Python we can read
                 stack.pop()
+                self._top = self._top[1] if self._top is not None else None
                 if not stack and until is None:
                     self.pos = i + 1
                     return i + 1
             elif c == ",":
-                self.safe.append((i, "".join(_CLOSE[b] for b in reversed(stack))))
+                self.safe.append((i, self._top))
             i += 1
         self.pos = i
         return -1
@@ -154,7 +168,7 @@ class PyScan:
         """What closes the text scanned so far (None right after a backslash in a string)."""
         if self.escape:
             return None
-        return self.quote + "".join(_CLOSE[b] for b in reversed(self.stack))
+        return self.quote + _closers(self._top)
 
 
 def cut_calls(buf: str, scan: PyScan, end: int | None = None) -> Calls:
@@ -165,7 +179,7 @@ def cut_calls(buf: str, scan: PyScan, end: int | None = None) -> Calls:
     closers = scan.closers()
     if closers is not None:
         tries.append((end, closers))
-    tries += [(p, c) for p, c in reversed(scan.safe) if p <= end][:_CUT_TRIES]
+    tries += [(p, _closers(node)) for p, node in reversed(scan.safe[-4 * _CUT_TRIES :]) if p <= end][:_CUT_TRIES]
     for p, close in tries:
         src = buf[scan.start : p].rstrip()
         calls = calls_from_source(src.removesuffix(",") + close)

@@ -877,3 +877,55 @@ NEMOTRON_TEMPLATE = (
 def test_guess_tool_parser_new_families(model: str, template: str | None, kw: dict[str, Any], family: str) -> None:
     assert guess_tool_parser(model, template, **kw) == family
     assert guess_tool_parser(model, template) in TOOL_PARSERS
+
+
+# -- any text ------------------------------------------------------------------------------
+
+FRAGMENTS = [
+    *("<tool_call>", "</tool_call>", "<function=", "get_weather>", "<parameter=", "city>", "\nParis\n"),
+    *("</parameter>", "</function>", "<TOOLCALL>", "</TOOLCALL>", "```tool_code\n", "```", "<|python_start|>"),
+    *("<|start|>", "assistant", "<|channel|>", "analysis", "final", "commentary", " to=functions.get_time "),
+    *("<|constrain|>", "json", "<|message|>", "<|end|>", "<|call|>", "<|return|>", "<|python_end|>"),
+    *('get_weather(city="Paris")', "get_time(tz='x')", "[", "]", "(", ")", ",", '"', "'''", "=", "{", "}"),
+    *('{"name": "get_time", "arguments": {"tz": "x"}}', '"arguments": {', "text", " ", "\n", "<", "<|", "ü"),
+]
+
+
+@pytest.mark.parametrize("family", ["qwen3_coder", "harmony", "gemma", "nemotron", "pythonic"])
+def test_any_text_streams_the_same_at_any_split(family: str) -> None:
+    """Random mixes of the new families' markers and prose: nothing raises, a reply with
+    no calls (and not cut) loses no text (harmony drops its markup), and one delta, one
+    character at a time and random pieces all give the same result."""
+    import random
+
+    rng = random.Random(f"families-{family}")
+    for kw in ({}, {"tools": TOOLS}, {"max_calls": 1}):
+        parser = OutputParser(tools=get_tool_parser(family, **kw))  # type: ignore[arg-type]
+        for _ in range(100):
+            text = "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 14)))
+            content, _, calls, cut = whole(parser, text)
+            if not calls and not cut and family != "harmony" and "max_calls" not in kw:
+                assert content == text
+            ref = streamed(parser, [text])
+            pieces, i = [], 0
+            while i < len(text):
+                n = rng.randint(1, 6)
+                pieces.append(text[i : i + n])
+                i += n
+            assert streamed(parser, list(text)) == ref, text
+            assert streamed(parser, pieces) == ref, (text, pieces)
+
+
+@pytest.mark.parametrize("family", ["qwen3_coder", "harmony", "gemma", "nemotron", "pythonic"])
+def test_pathological_text_does_not_raise(family: str) -> None:
+    parser = OutputParser(tools=get_tool_parser(family, tools=TOOLS))
+    for text in (
+        "[" * 3000 + "]" * 3000,
+        "```tool_code\nf(a=" + "(" * 3000 + ")" * 3000 + ")\n```",
+        "[f(a=" + "[" * 3000,
+        "<tool_call><function=f><parameter=a>" + "x" * 50_000,
+        "<|start|>" + "a" * 5000 + "<|message|>hi",
+        "<|channel|>commentary to=functions.f<|message|>" + "{" * 3000,
+    ):
+        whole(parser, text)
+        streamed(parser, [text[:7], text[7:]])
