@@ -20,10 +20,12 @@ from kronk.api.limits import Limits
 from kronk.api.middleware import ObservabilityMiddleware
 from kronk.security.access import Access
 from kronk.security.auth import AccessMiddleware
+from kronk.security.routes import router as whoami_router
 from kronk.serving.backend import Backend
 from kronk.telemetry import prometheus
 from kronk.telemetry.board import snapshot_key
 from kronk.telemetry.metrics import Recorder
+from kronk.ui import mount_ui
 
 
 async def all_snapshots(request: Request) -> list[dict[str, Any]]:
@@ -59,6 +61,9 @@ def create_app(backend: Backend, *, access: Access | None = None, recorder: Reco
         """kronk's metrics in Prometheus text, gathered from every replica (see docs/observability.md)."""
         return Response(prometheus.render(await all_snapshots(request)), media_type=prometheus.CONTENT_TYPE)
 
-    app.add_middleware(AccessMiddleware, access=access if access is not None else Access())
+    access = access if access is not None else Access()
+    app.include_router(whoami_router)
+    mount_ui(app, keys_on=access.keys_on)  # GET / -> /ui/, the browser UI's static files (kronk/ui)
+    app.add_middleware(AccessMiddleware, access=access)
     app.add_middleware(ObservabilityMiddleware, recorder=app.state.recorder)  # outermost: ids, spans, counts
     return app
