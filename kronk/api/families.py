@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from kronk.api import wire
 from kronk.api.chat.routes import router as chat_router
 from kronk.api.chat.serving import serve_chat
 from kronk.api.completions.routes import router as completions_router
@@ -13,14 +14,22 @@ from kronk.api.completions.serving import serve_completion
 from kronk.api.embeddings.routes import router as embeddings_router
 from kronk.api.embeddings.serving import serve_embeddings
 from kronk.api.models.routes import router as models_router
+from kronk.api.ollama.routes import WIRE as OLLAMA_WIRE
+from kronk.api.ollama.routes import router as ollama_router
+from kronk.api.ollama.serving import serve_ollama_chat, serve_ollama_embed, serve_ollama_generate
 from kronk.serving.call import Endpoint
 from kronk.serving.service import Handler
 
 # Route order matters where paths overlap: models' /v1/models/pull comes before /v1/models/{id} in its router.
-ROUTERS: list[APIRouter] = [models_router, chat_router, completions_router, embeddings_router]
+ROUTERS: list[APIRouter] = [models_router, chat_router, completions_router, embeddings_router, ollama_router]
 
 HANDLERS: dict[Endpoint, Handler] = {
     Endpoint.CHAT: serve_chat,
     Endpoint.COMPLETIONS: serve_completion,
     Endpoint.EMBEDDINGS: serve_embeddings,
+    Endpoint.OLLAMA_CHAT: serve_ollama_chat,
+    Endpoint.OLLAMA_GENERATE: serve_ollama_generate,
+    Endpoint.OLLAMA_EMBED: serve_ollama_embed,
 }
+
+wire.register("/api/", OLLAMA_WIRE)  # Ollama's {"error": "..."} and NDJSON on /api/*

@@ -79,6 +79,10 @@ class ModelManager:
     def remove(self, name: str) -> bool:
         return self.store.remove(name)
 
+    def copy(self, source: str, dest: str) -> dict[str, Any]:
+        """A second name for a present model (kronk.store.store.ModelStore.copy); the new manifest."""
+        return self.store.copy(source, dest).to_dict()
+
     def served_as(self, name: str, served: list[str]) -> str | None:
         """The id among ``served`` (the served models) that uses the stored model ``name`` (any reference to
         it), by its own name or by the configured model's ``source``; None when no served model uses it."""

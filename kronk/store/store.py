@@ -14,6 +14,7 @@ import os
 import shutil
 import threading
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -24,6 +25,7 @@ from kronk.store.errors import (
     ChecksumMismatch,
     InsufficientStorage,
     InvalidRef,
+    ModelInUse,
     ModelNotFound,
     RepoNotFound,
     StoreError,
@@ -358,6 +360,31 @@ class ModelStore:
             return False
         self._remove_folder(folder)
         return True
+
+    def copy(self, source: str, dest: str) -> Manifest:
+        """A second name for a present model (Ollama's ``copy``): a store folder of its own whose files are hard
+        links to the source's (copies where the disk cannot link them) and whose manifest, written last, is the
+        source's under the new name. The disk stays the truth: each name is present iff its own manifest and
+        files are, and removing one leaves the other whole. ``dest`` is a plain name that no catalog entry and
+        no present model has."""
+        src = self.get(source)
+        if src is None:
+            raise ModelNotFound(f"model {source!r} is not in the store", param="source")
+        if parse_ref(dest).kind != "catalog":
+            raise InvalidRef(f"{dest!r} cannot name a copy: use a plain name such as my-model or my-model:tag")
+        if dest in self.catalog:
+            raise InvalidRef(f"{dest!r} is the name of a catalog model: give the copy a name of its own")
+        with model_lock(self.root, store_dirname(dest)):
+            if self.get(dest) is not None:
+                raise ModelInUse(f"model {dest!r} already exists: delete it first", param="destination")
+            folder = self._prepare_folder(dest)
+            for f in src.files:
+                tmp = folder / f".{f.name}.part"
+                link_or_copy(src.dir / f.name, tmp)
+                os.replace(tmp, folder / f.name)
+            manifest = src.model_copy(update={"name": dest,
+                                              "created_at": datetime.now(UTC).isoformat(timespec="seconds")})
+            return write_manifest(folder, manifest)
 
     def _named(self, name: str) -> tuple[Path, str] | None:
         """(folder, store name) for a store name or any reference to a model; None if it cannot name one."""

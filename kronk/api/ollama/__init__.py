@@ -1,0 +1,1 @@
+"""Ollama's native API (``/api/*``) over kronk's engine, store, pull jobs and pool."""
