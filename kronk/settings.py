@@ -333,6 +333,15 @@ class Settings(BaseSettings):
                                       "embeddings request.")
     max_model_name_length: int = Field(default=256, ge=8, description="Longest model name a request may send.")
 
+    # The Responses API's store (kronk/api/responses/store.py): responses kept in the HTTP front's memory for
+    # previous_response_id and GET/DELETE /v1/responses/{id}; bounded in count and age, per API key.
+    responses_max_stored: int = Field(
+        default=1000, ge=0, description="Most responses (`store: true`) one HTTP front keeps in memory for "
+        "previous_response_id and GET /v1/responses/{id}; beyond it the least recently used is dropped (0: keep "
+        "none).")
+    responses_ttl_s: float = Field(
+        default=3600.0, gt=0, description="How long a stored response is kept after it was made, in seconds.")
+
     # NoDecode: KRONK_MODELS may be `a,b` as well as JSON (decoded in _models_from_names)
     models: Annotated[list[ModelConfig], NoDecode] = Field(
         default_factory=lambda: [ModelConfig(name=DEFAULT_MODEL)], description="Models to serve."

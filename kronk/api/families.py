@@ -17,11 +17,14 @@ from kronk.api.models.routes import router as models_router
 from kronk.api.ollama.routes import WIRE as OLLAMA_WIRE
 from kronk.api.ollama.routes import router as ollama_router
 from kronk.api.ollama.serving import serve_ollama_chat, serve_ollama_embed, serve_ollama_generate
+from kronk.api.responses.routes import router as responses_router
+from kronk.api.responses.serving import serve_responses
 from kronk.serving.call import Endpoint
 from kronk.serving.service import Handler
 
 # Route order matters where paths overlap: models' /v1/models/pull comes before /v1/models/{id} in its router.
-ROUTERS: list[APIRouter] = [models_router, chat_router, completions_router, embeddings_router, ollama_router]
+ROUTERS: list[APIRouter] = [models_router, chat_router, completions_router, embeddings_router, ollama_router,
+                            responses_router]
 
 HANDLERS: dict[Endpoint, Handler] = {
     Endpoint.CHAT: serve_chat,
@@ -30,6 +33,7 @@ HANDLERS: dict[Endpoint, Handler] = {
     Endpoint.OLLAMA_CHAT: serve_ollama_chat,
     Endpoint.OLLAMA_GENERATE: serve_ollama_generate,
     Endpoint.OLLAMA_EMBED: serve_ollama_embed,
+    Endpoint.RESPONSES: serve_responses,
 }
 
 wire.register("/api/", OLLAMA_WIRE)  # Ollama's {"error": "..."} and NDJSON on /api/*

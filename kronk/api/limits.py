@@ -59,6 +59,8 @@ class Limits:
     max_embedding_inputs: int = _default("max_embedding_inputs")
     max_embedding_tokens: int = _default("max_embedding_tokens")
     max_model_name_length: int = _default("max_model_name_length")
+    responses_max_stored: int = _default("responses_max_stored")  # the Responses API's store (its bounds)
+    responses_ttl_s: float = _default("responses_ttl_s")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:

@@ -18,6 +18,7 @@ class Endpoint(Enum):
     CHAT = "chat"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+    RESPONSES = "responses"  # OpenAI's /v1/responses
     OLLAMA_CHAT = "ollama_chat"  # Ollama's /api/chat
     OLLAMA_GENERATE = "ollama_generate"  # Ollama's /api/generate
     OLLAMA_EMBED = "ollama_embed"  # Ollama's /api/embed and /api/embeddings
