@@ -1,16 +1,21 @@
 """Replica-side helpers every generating endpoint (chat, completions) shares: request fields -> the engine's
-GenerationRequest, and the engine's chunks -> whole texts and usage."""
+GenerationRequest, and the engine's chunks -> whole texts and usage; several choices (``n``) run at once and
+merged; token log-probabilities as text."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
 
 from kronk.api.schemas import ResponseFormat, SamplingFields
 from kronk.engine.grammar import json_object_grammar, json_schema_grammar
 from kronk.engine.protocol import GenerationChunk, GenerationRequest, SamplingParams, Usage
-from kronk.errors import Unsupported
+from kronk.errors import InvalidRequest
 from kronk.serving.service import INLINE_PREPARE_CHARS
+from kronk.telemetry.generation import GenerationObserver
+
+T = TypeVar("T")
 
 
 def usage_dict(u: Usage | None) -> dict[str, Any]:
@@ -65,13 +70,115 @@ def generation_request(req: SamplingFields, prompt: list[int], grammar: str | No
                        stop: list[str] = (), stop_token_ids: list[int] = (),
                        defaults: SamplingParams | None = None) -> GenerationRequest:
     """The engine's request; ``defaults``: the model's sampling defaults (ModelService.sampling.params)."""
-    if req.logprobs:
-        raise Unsupported("logprobs are not supported by this server", param="logprobs")
     return GenerationRequest(
         prompt=prompt, sampling=sampling_from(req, grammar, defaults), max_tokens=getattr(req, "token_limit", None),
         min_tokens=req.min_tokens, ignore_eos=req.ignore_eos, stop=req.stop_list + list(stop),
         stop_token_ids=list(stop_token_ids), request_id=request_id, repetition_guard=repetition_guard(req, grammar),
+        logprobs=logprob_count(req),
     )
+
+
+def logprob_count(req: SamplingFields) -> int | None:
+    """The alternatives per token a request asks for with its log-probabilities (None: no logprobs). Chat
+    (a request with a ``top_logprobs`` field): ``logprobs: true`` and ``top_logprobs`` (default 0); completions:
+    ``logprobs: k`` (0..20; the schema checks the range)."""
+    lp = req.logprobs
+    if "top_logprobs" in type(req).model_fields:
+        top = getattr(req, "top_logprobs", None)
+        if lp is None or lp is False or (type(lp) is int and lp == 0):
+            if top:
+                raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+            return None
+        if lp is not True and lp != 1:
+            raise InvalidRequest(f"logprobs is true or false for chat completions, got {lp}; top_logprobs says how "
+                                 "many alternatives each token lists", param="logprobs")
+        return top or 0
+    if lp is None or lp is False:
+        return None
+    return 0 if lp is True else int(lp)
+
+
+def token_str(piece: bytes) -> str:
+    """A token's text: its bytes as UTF-8, a byte that is part of a character split across tokens as ``\\xNN``
+    (as OpenAI writes such tokens; their ``bytes`` are exact)."""
+    return piece.decode("utf-8", errors="backslashreplace")
+
+
+def choice_seeds(seed: int | None, n: int) -> list[int | None]:
+    """Each choice's seed: ``seed + i`` when the request gives one (choice 0 is what ``n: 1`` gives), else None
+    (each choice's sampler draws a random seed of its own)."""
+    return [None if seed is None else seed + i for i in range(n)]
+
+
+def choices_usage(usages: Sequence[Usage]) -> Usage:
+    """Several choices' usage as one: the prompt counted once, as OpenAI counts it; the completions summed; the
+    prompt tokens that every choice found cached."""
+    return Usage(prompt_tokens=usages[0].prompt_tokens, completion_tokens=sum(u.completion_tokens for u in usages),
+                 cached_tokens=min(u.cached_tokens for u in usages))
+
+
+class ChoiceObserver:
+    """A further choice's observer (``n`` > 1): its generation is counted in the replica's metrics like the
+    first one's; the request's span and its phases stay the first choice's."""
+
+    def __init__(self, obs: GenerationObserver):
+        self.obs = obs
+
+    def done(self, chunk: GenerationChunk) -> None:
+        rec = self.obs.recorder
+        if rec is not None and chunk.usage is not None and chunk.timings is not None:
+            rec.on_generation(chunk.usage, chunk.timings)
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the request's observer
+        return getattr(self.obs, name)
+
+
+def choice_observers(obs: GenerationObserver, n: int) -> list[Any]:
+    return [obs] + [ChoiceObserver(obs) for _ in range(n - 1)]
+
+
+_END = object()
+
+
+async def merge_choices(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+    """(choice index, item) from every stream as each produces them, the streams running at once; the first
+    failure is raised. All are closed when the caller stops reading (their engine slots freed). One stream is
+    read directly."""
+    if len(streams) == 1:
+        try:
+            async for x in streams[0]:
+                yield 0, x
+        finally:
+            await streams[0].aclose()
+        return
+    queue: asyncio.Queue[tuple[int, Any, BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, it: AsyncIterator[T]) -> None:
+        try:
+            async for x in it:
+                queue.put_nowait((i, x, None))
+        except Exception as e:
+            queue.put_nowait((i, None, e))
+        else:
+            queue.put_nowait((i, _END, None))
+
+    tasks = [asyncio.create_task(pump(i, it)) for i, it in enumerate(streams)]
+    try:
+        left = len(tasks)
+        while left:
+            i, x, err = await queue.get()
+            if err is not None:
+                raise err
+            if x is _END:
+                left -= 1
+                continue
+            yield i, x
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for it in streams:
+            await it.aclose()
 
 
 async def first_chunk(chunks: AsyncIterator[GenerationChunk]) -> GenerationChunk:

@@ -21,6 +21,8 @@ RepeatPenalty = Annotated[float | None, Field(default=None, gt=0.0, le=10.0)]
 MaxTokens = Annotated[int | None, Field(default=None, ge=1, le=INT64_MAX)]  # the context bounds it further
 Seed = Annotated[int | None, Field(default=None)]
 Stop = Annotated[str | list[str] | None, Field(default=None)]
+MAX_CHOICES = 8  # n: choices per request, each a generation of its own
+MAX_TOP_LOGPROBS = 20  # alternatives per token: chat's top_logprobs, completions' logprobs
 
 
 def _limited_schema(v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
@@ -82,9 +84,11 @@ class SamplingFields(ModelRequest):
     repetition_guard: bool | None = Field(
         default=None, description="End an answer that degenerates into a loop (finish_reason \"length\"); "
         "default: on, except with ignore_eos.")
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES, description="Choices to generate, each its own generation "
+                   f"(seed + i with a seed); at most {MAX_CHOICES}.")
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # chat: true/false (top_logprobs says how many alternatives); completions: the alternatives per token, 0..20
     logprobs: bool | int | None = None
     echo: bool = False
 
@@ -106,6 +110,13 @@ class SamplingFields(ModelRequest):
         items = [v] if isinstance(v, str) else (v or [])
         if any(not isinstance(s, str) for s in items):
             raise ValueError("stop sequences must be strings")
+        return v
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs(cls, v: bool | int | None) -> bool | int | None:
+        if type(v) is int and not 0 <= v <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"logprobs asks for 0 to {MAX_TOP_LOGPROBS} alternatives per token, got {v}")
         return v
 
     @field_validator("logit_bias", mode="before")

@@ -25,7 +25,7 @@ from kronk.engine.config import EngineConfig
 from kronk.engine.embeddings import EmbeddingRunner
 from kronk.engine.kvcache import BYTES_PER_ELEMENT, resolve_kv_types
 from kronk.engine.model import LlamaModel, physical_cores
-from kronk.engine.protocol import Engine, EngineStats, GenerationChunk, GenerationRequest
+from kronk.engine.protocol import Engine, EngineStats, GenerationChunk, GenerationRequest, TokenLogprob
 from kronk.engine.sampling import NoValidToken, SamplerChain
 from kronk.engine.slots import Job, Slot, SlotState
 from kronk.engine.text import StopMatcher
@@ -405,6 +405,9 @@ class LlamaEngine(Engine):
             return
         job.out_tokens.append(tok)
         piece = self.model.piece(tok)
+        if req.logprobs is not None:  # only for a request that asks: the logits row is still this step's
+            lp, top = job.chain.logprobs(self.ctx, s.row, tok, req.logprobs)
+            job.out_logprobs.append(TokenLogprob(tok, piece, lp, [(t, self.model.piece(t), v) for t, v in top]))
         text = job.decoder.feed(piece)
         if job.stopper is not None:
             text, hit = job.stopper.feed(text)

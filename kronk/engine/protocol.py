@@ -62,6 +62,9 @@ class GenerationRequest:
     # End a generation that degenerates into a loop (kronk/engine/repetition.py) with finish_reason
     # "length". None: on when sampling.grammar is set (JSON mode, schemas, forced tool calls).
     repetition_guard: bool | None = None
+    # None: no log-probabilities (nothing is computed); k (0..20): each generated token's log-probability and the
+    # k most likely tokens of its step, on GenerationChunk.logprobs (TokenLogprob)
+    logprobs: int | None = None
 
     @property
     def guarded(self) -> bool:
@@ -89,12 +92,26 @@ class Timings:
 
 
 @dataclass
+class TokenLogprob:
+    """A generated token and its log-probability under the model's distribution: the softmax of the raw logits
+    of its step, before logit_bias, penalties, temperature, top-k/p/min-p and grammar (as OpenAI's and
+    llama-server's default). ``top``: the step's most likely tokens, most likely first, as (token id, bytes,
+    log-probability)."""
+
+    token_id: int
+    piece: bytes  # the token's bytes (a token may hold part of a UTF-8 character)
+    logprob: float
+    top: list[tuple[int, bytes, float]] = field(default_factory=list)
+
+
+@dataclass
 class GenerationChunk:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     usage: Usage | None = None
     timings: Timings | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per token_ids entry when GenerationRequest.logprobs is set
 
 
 @dataclass

@@ -27,6 +27,22 @@ NEG_INF = float("-inf")
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
+def token_logprobs(logits: np.ndarray, token: int, k: int) -> tuple[float, list[tuple[int, float]]]:
+    """``token``'s log-probability in the softmax of a step's raw ``logits`` (the model's distribution, as
+    llama-server's get_token_probabilities computes it), and the ``k`` most likely tokens with theirs, most likely
+    first (ties: the lower id first, as the greedy sampler picks). Values too small for a float are -9999.0, as
+    OpenAI reports them."""
+    top_logit = float(logits.max())
+    lse = top_logit + math.log(float(np.exp(logits - top_logit, dtype=np.float32).sum(dtype=np.float64)))
+    lp = lambda x: max(float(x) - lse, -9999.0)  # noqa: E731
+    if k <= 0:
+        return lp(logits[token]), []
+    k = min(k, len(logits))
+    ids = np.argpartition(logits, len(logits) - k)[len(logits) - k:]
+    ids = ids[np.lexsort((ids, -logits[ids]))]
+    return lp(logits[token]), [(int(i), lp(logits[i])) for i in ids]
+
+
 class NoValidToken(Exception):
     """Every token is ruled out (by the grammar together with biases or suppressed tokens)."""
 
@@ -126,6 +142,12 @@ class SamplerChain:
         one[0] = (tok, 1.0, 0.0)
         llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(self._array(one)))
         return bool(np.isfinite(one["logit"][0]))
+
+    def logprobs(self, ctx: llama_cpp.llama_context_p, row: int, token: int,
+                 k: int) -> tuple[float, list[tuple[int, float]]]:
+        """:func:`token_logprobs` of ``token`` over the logits of batch row ``row`` (read before the next decode)."""
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, row), shape=(self.n_vocab,))
+        return token_logprobs(logits, token, k)
 
     def accept(self, token: int) -> None:
         if self.grammar is not None:

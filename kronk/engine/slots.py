@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
-from kronk.engine.protocol import GenerationChunk, GenerationRequest, Timings, Usage
+from kronk.engine.protocol import GenerationChunk, GenerationRequest, Timings, TokenLogprob, Usage
 from kronk.engine.repetition import RepetitionGuard
 from kronk.engine.sampling import SamplerChain
 from kronk.engine.text import StopMatcher, Utf8Decoder
@@ -40,6 +40,7 @@ class Job:
     first_token: float = 0.0
     out_text: list[str] = field(default_factory=list)
     out_tokens: list[int] = field(default_factory=list)
+    out_logprobs: list[TokenLogprob] = field(default_factory=list)  # one per out_tokens when request.logprobs
     # fed each sampled token when the request is guarded (GenerationRequest.guarded)
     guard: RepetitionGuard | None = field(default=None, init=False)
 
@@ -55,6 +56,8 @@ class Job:
         if not (self.out_text or self.out_tokens or finish_reason):
             return
         chunk = GenerationChunk(text="".join(self.out_text), token_ids=self.out_tokens, finish_reason=finish_reason)
+        if self.request.logprobs is not None:
+            chunk.logprobs, self.out_logprobs = self.out_logprobs, []
         if finish_reason:
             now = time.perf_counter()
             chunk.usage = Usage(prompt_tokens=len(self.prompt), completion_tokens=self.n_gen,
