@@ -8,8 +8,9 @@
 * the last chunk has ``finish_reason`` set (``"stop"``: end-of-generation token or a
   stop string; ``"length"``: ``max_tokens`` reached, the slot's context is full, or
   the repetition guard ended a loop (``GenerationRequest.repetition_guard``);
-  ``"cancelled"`` is never yielded: a consumer that stops iterating cancels) and
-  ``usage`` filled in;
+  ``"cancelled"`` is never yielded: a consumer that stops iterating cancels),
+  ``usage`` filled in, and ``stop_match`` naming the stop string that ended it (None
+  for any other end);
 * errors in the request (a prompt longer than the context, a token outside the
   vocabulary, a bad grammar) are raised as :class:`kronk.errors.KronkError`
   subclasses before the first chunk;
@@ -112,6 +113,7 @@ class GenerationChunk:
     usage: Usage | None = None
     timings: Timings | None = None
     logprobs: list[TokenLogprob] | None = None  # one per token_ids entry when GenerationRequest.logprobs is set
+    stop_match: str | None = None  # on a "stop" finish by a stop string: which one (GenerationRequest.stop)
 
 
 @dataclass

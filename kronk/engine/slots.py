@@ -68,6 +68,8 @@ class Job:
                 prefill_s=first - self.started if self.started else 0.0,
                 ttft_s=first - self.submitted, decode_s=now - first, context_tokens=context_tokens,
             )
+            if finish_reason == "stop" and self.stopper is not None:
+                chunk.stop_match = self.stopper.matched
         self.out_text, self.out_tokens = [], []
         self.push(chunk)
 

@@ -36,19 +36,20 @@ class StopMatcher:
     def __init__(self, stops: list[str]):
         self.stops = [s for s in stops if s]
         self._held = ""
+        self.matched: str | None = None  # the stop string that was hit (the first in the text), once hit
 
     def feed(self, text: str) -> tuple[str, bool]:
         """(text safe to emit, whether a stop string was hit). After a hit, nothing more is emitted."""
         if not self.stops:
             return text, False
         buf = self._held + text
-        first = -1
+        first, matched = -1, None
         for s in self.stops:
             i = buf.find(s)
             if i != -1 and (first == -1 or i < first):
-                first = i
+                first, matched = i, s
         if first != -1:
-            self._held = ""
+            self._held, self.matched = "", matched
             return buf[:first], True
         keep = 0
         for s in self.stops:
