@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kronk.errors import ModelNotFound
 from kronk.settings import KV_CACHE_TYPES, SamplingValues, Settings
 
-Capability = Literal["chat", "completion", "tools", "reasoning", "embedding", "vision"]
-CAPABILITIES: tuple[str, ...] = ("chat", "completion", "tools", "reasoning", "embedding", "vision")
+Capability = Literal["chat", "completion", "tools", "reasoning", "embedding", "rerank", "vision"]
+CAPABILITIES: tuple[str, ...] = ("chat", "completion", "tools", "reasoning", "embedding", "rerank", "vision")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*(:[a-z0-9][a-z0-9._-]*)?$")
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

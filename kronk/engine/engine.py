@@ -26,6 +26,7 @@ from kronk.engine.embeddings import EmbeddingRunner
 from kronk.engine.kvcache import BYTES_PER_ELEMENT, resolve_kv_types
 from kronk.engine.model import LlamaModel, physical_cores
 from kronk.engine.protocol import Engine, EngineStats, GenerationChunk, GenerationRequest, TokenLogprob
+from kronk.engine.rerank import RerankRunner, is_reranker
 from kronk.engine.sampling import NoValidToken, SamplerChain
 from kronk.engine.slots import Job, Slot, SlotState
 from kronk.engine.text import StopMatcher
@@ -64,6 +65,9 @@ class LlamaEngine(Engine):
                                      m.token_text(m.eos) if m.eos >= 0 else "") if src else None
         self._eog = m.eog_tokens()
         self._embedder = EmbeddingRunner(m, self.threads, cfg.embedding_ctx, pooled_model=self.embedding_only)
+        # a reranker (rank pooling in its GGUF) is an embedding-only model scored on a context of its own
+        self._reranker = (RerankRunner(m, self.threads, cfg.embedding_ctx, invariant=cfg.batch_invariant)
+                          if is_reranker(m) else None)
 
         # counters
         self.n_requests = self.n_prompt = self.n_reused = self.n_completion = 0
@@ -150,7 +154,16 @@ class LlamaEngine(Engine):
 
     async def embed(self, inputs: list[str] | list[list[int]], normalize: bool = True,
                     max_tokens: int | None = None) -> tuple[list[list[float]], int]:
+        if self._reranker is not None:  # its pooled output is a score, not a vector
+            raise Unsupported(f"model {self.name} is a reranker; use /v1/rerank", param="model")
         return await asyncio.to_thread(self._embedder.embed, inputs, normalize, max_tokens)
+
+    async def rerank(self, query: str, documents: list[str], max_tokens: int | None = None) -> tuple[list[float], int]:
+        """Each document's relevance score for ``query`` (kronk/engine/rerank.py), and the tokens scored."""
+        if self._reranker is None:
+            raise Unsupported(f"model {self.name} is not a reranker (its GGUF does not pool by rank); use a reranker "
+                              "model (the catalog's capability rerank, e.g. bge-reranker:v2-m3)", param="model")
+        return await asyncio.to_thread(self._reranker.rerank, query, documents, max_tokens)
 
     def stats(self) -> EngineStats:
         used = sum(s.n_past for s in self.slots)
@@ -179,12 +192,16 @@ class LlamaEngine(Engine):
             llama_cpp.llama_free(self.ctx)
             self.ctx = None
         self._embedder.close()
+        if self._reranker is not None:
+            self._reranker.close()
         self.model.close()
 
     # ------------------------------------------------------------------ submission
     def _make_job(self, request: GenerationRequest) -> Job:
         if self.embedding_only:
-            raise Unsupported(f"model {self.name} is an embedding model; use /v1/embeddings", param="model")
+            what = ("a reranker; use /v1/rerank" if self._reranker is not None
+                    else "an embedding model; use /v1/embeddings")
+            raise Unsupported(f"model {self.name} is {what}", param="model")
         prompt = list(request.prompt)  # token ids: the caller rendered and tokenized the prompt once
         bad = [t for t in prompt if not 0 <= t < self.model.n_vocab]
         if bad:

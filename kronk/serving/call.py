@@ -19,11 +19,13 @@ class Endpoint(Enum):
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
     RESPONSES = "responses"  # OpenAI's /v1/responses
-    MESSAGES = "messages"  # Anthropic's /v1/messages
-    MESSAGES_COUNT_TOKENS = "messages_count_tokens"  # Anthropic's /v1/messages/count_tokens
     OLLAMA_CHAT = "ollama_chat"  # Ollama's /api/chat
     OLLAMA_GENERATE = "ollama_generate"  # Ollama's /api/generate
     OLLAMA_EMBED = "ollama_embed"  # Ollama's /api/embed and /api/embeddings
+    RERANK = "rerank"  # /v1/rerank (Cohere / Jina, as llama-server serves it)
+    TOKENIZE = "tokenize"  # /v1/tokenize (vLLM's) and llama-server's /tokenize
+    DETOKENIZE = "detokenize"  # /v1/detokenize and /detokenize
+    APPLY_TEMPLATE = "apply_template"  # /v1/apply-template and llama-server's /apply-template
 
 
 @dataclass(frozen=True)

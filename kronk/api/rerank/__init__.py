@@ -1,0 +1,1 @@
+"""Rerank: schemas (request), routes (HTTP), serving (in the replica)."""

@@ -1,0 +1,1 @@
+"""Tokenize, detokenize and apply-template: schemas (requests), routes (HTTP), serving (in the replica)."""
