@@ -42,6 +42,8 @@ INLINE_PREPARE_CHARS = 8192
 TURN_MARKERS = ("<end_of_turn>", "<start_of_turn>", "<|im_end|>", "<|im_start|>", "<|eot_id|>",
                 "<|start_header_id|>", "<|end|>", "<|user|>", "<|endoftext|>", "</s>")
 
+HARMONY_STOPS = ("<|return|>", "<|call|>", "<|endoftext|>")
+
 
 class ModelService:
     def __init__(self, engine: Engine, model_id: str, handlers: Mapping[Endpoint, Handler],
@@ -62,7 +64,11 @@ class ModelService:
         self.template_source: str | None = template
         self.template_tools = template_supports_tools(template)  # the template renders `tools` itself
         self.prompt_tools = prompt_tools
-        self.tool_parser = tool_parser or guess_tool_parser(model_id, template)
+        model = getattr(engine, "model", None)  # the GGUF's names, when the engine has a loaded model
+        meta = getattr(model, "meta", None)
+        self.tool_parser = tool_parser or guess_tool_parser(
+            model_id, template, gguf_name=meta("general.name") if callable(meta) else None,
+            architecture=getattr(model, "architecture", None) if meta else None)
         self.reasoning = reasoning if reasoning is not None else bool(template and "<think>" in template)
         self.fingerprint = system_fingerprint or f"kronk-{model_id}"
         # metrics of this replica's requests (a model deployment replaces it with one tagged by replica)
@@ -70,7 +76,10 @@ class ModelService:
         # A turn marker ends the answer: as a special token (it renders as no text) or as text.
         self.stop_markers: list[str] = []
         self.stop_token_ids: list[int] = []
-        for marker in (m for m in TURN_MARKERS if template and m in template):
+        # gpt-oss (harmony) ends a message with <|end|> and goes on with the next channel: its answer ends at
+        # <|return|> (the final message) or <|call|> (a tool call).
+        markers = HARMONY_STOPS if self.tool_parser == "harmony" else TURN_MARKERS
+        for marker in (m for m in markers if template and m in template):
             toks = engine.tokenize(marker, add_special=False, parse_special=True)
             if len(toks) == 1:
                 self.stop_token_ids.append(toks[0])

@@ -14,13 +14,8 @@ from kronk.api.generation import format_cost, format_grammar
 from kronk.api.limits import check_completion_fits
 from kronk.engine.grammar import json_schema_grammar
 from kronk.errors import ContextLengthExceeded, InvalidRequest, KronkError, Unsupported
-from kronk.parsers import (
-    OutputParser,
-    ReasoningParser,
-    get_tool_parser,
-    render_tools_system_prompt,
-    tool_call_grammar_schema,
-)
+from kronk.parsers import OutputParser, render_tools_system_prompt, tool_call_grammar_schema
+from kronk.parsers.output import output_parser
 from kronk.serving.service import INLINE_PREPARE_CHARS, ModelService
 
 log = logging.getLogger("kronk.api")
@@ -149,7 +144,7 @@ def prepare_chat(svc: ModelService, req: ChatCompletionRequest) -> ChatPrompt:
         raise ContextLengthExceeded(len(tokens), n_ctx)
     check_completion_fits(len(tokens), n_ctx, req.token_limit, prompt_part="the messages",
                           param="max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens")
-    tool_parser = get_tool_parser(parser_name, [t["function"]["name"] for t in tools]) if use_tools else None
-    starts_in_reasoning = svc.reasoning and text.rstrip().endswith("<think>")
-    reasoning = ReasoningParser(starts_in_reasoning=starts_in_reasoning) if svc.reasoning else None
-    return ChatPrompt(tokens, OutputParser(tools=tool_parser, reasoning=reasoning), grammar)
+    parser = output_parser(parser_name, tools if use_tools else None, reasoning=svc.reasoning,
+                           starts_in_reasoning=svc.reasoning and text.rstrip().endswith("<think>"),
+                           parallel_tool_calls=req.parallel_tool_calls)
+    return ChatPrompt(tokens, parser, grammar)
