@@ -52,8 +52,8 @@ class WholeTurn:
     steps: list[TurnStep] = field(default_factory=list)
 
 
-def turn_finish(engine_reason: str, made_calls: bool) -> str:
-    if engine_reason == "length":
+def turn_finish(engine_reason: str, made_calls: bool, cut_call: bool = False) -> str:
+    if engine_reason == "length" or cut_call:  # a call the output ended inside of is a cut answer
         return "length"
     return "tool_calls" if made_calls else engine_reason
 
@@ -84,7 +84,8 @@ async def chat_turn(svc: ModelService, req: ChatCompletionRequest, ctx: RequestC
                 continue
             obs.done(c)
             n_reasoning = len(svc.engine.tokenize("".join(reasoning), add_special=False)) if reasoning else 0
-            yield TurnStep(events, c, turn_finish(c.finish_reason, made_calls), c.usage or Usage(), n_reasoning)
+            finish = turn_finish(c.finish_reason, made_calls, stream.cut_call)
+            yield TurnStep(events, c, finish, c.usage or Usage(), n_reasoning)
     finally:
         await chunks.aclose()
 
