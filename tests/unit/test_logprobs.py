@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 
 import httpx
 import openai
@@ -230,3 +231,22 @@ def test_token_logprobs_is_the_softmax_of_the_logits():
     assert [i for i, _ in top] == [1, 2, 0]  # ties: the lower id first
     assert [v for _, v in top] == pytest.approx([ref[1], ref[2], ref[0]], abs=1e-6)
     assert token_logprobs(logits, 3, 0) == (pytest.approx(ref[3], abs=1e-6), [])
+
+
+def test_a_client_that_leaves_frees_every_choice_slot(api_url, services):
+    engine = services[GEMMA].engine
+    body = {"model": GEMMA, "prompt": PROMPT, "max_tokens": 1000, "n": 3, "stream": True, "logprobs": 2,
+            "ignore_eos": True, "repetition_guard": False}
+    with httpx.stream("POST", api_url + "/v1/completions", json=body, timeout=60) as r:
+        seen = set()
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                seen |= {c["index"] for c in json.loads(line[6:])["choices"]}
+            if len(seen) == 3:
+                break
+        assert engine.stats().active >= 1
+    for _ in range(200):  # the engine frees the slots at its next step
+        if engine.stats().active == 0:
+            break
+        threading.Event().wait(0.05)
+    assert engine.stats().active == 0
