@@ -123,3 +123,27 @@ def test_reasoning_fields_reach_the_template_and_structure_turns_thinking_off():
     assert template_kwargs(thinker, req(chat_template_kwargs={"enable_thinking": True}), forced=True) == {
         "enable_thinking": True}
     assert template_kwargs(plain, req(), forced=True) == {}
+
+
+def test_a_forced_call_cut_by_the_token_limit_is_length_and_never_content(client):
+    """tool_choice required makes the whole answer a call (grammar): cut anywhere by max_tokens, none of it is
+    content; once its name is out, it is reported as a call (arguments as far as they got), finish_reason
+    length, streamed or not."""
+    msgs = [{"role": "user", "content": "Weather in Paris?"}]
+    named = 0
+    for limit in (4, 8, 12, 16):
+        r = client.chat.completions.create(model=SMOL, temperature=0, max_tokens=limit, tools=WEATHER,
+                                           tool_choice="required", messages=msgs)
+        choice = r.choices[0]
+        assert choice.finish_reason == "length" and not choice.message.content, choice
+        calls = choice.message.tool_calls or []
+        assert all(c.function.name == "get_weather" for c in calls), calls
+        named += bool(calls)
+        streamed = [c.choices[0].delta for c in client.chat.completions.create(
+            model=SMOL, temperature=0, max_tokens=limit, tools=WEATHER, tool_choice="required", messages=msgs,
+            stream=True) if c.choices]
+        assert not "".join(d.content or "" for d in streamed)
+        frags = [f for d in streamed for f in d.tool_calls or []]
+        assert [f.function.name for f in frags if f.function.name] == [c.function.name for c in calls]
+        assert "".join(f.function.arguments or "" for f in frags) == "".join(c.function.arguments for c in calls)
+    assert named >= 2  # the longer limits get past the name

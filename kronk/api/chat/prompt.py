@@ -26,6 +26,7 @@ class ChatPrompt:
     tokens: list[int]
     parser: OutputParser
     grammar: str | None
+    forced_call: bool = False  # tool_choice required / named: the grammar makes the whole answer a call
 
 
 def chat_messages(svc: ModelService, req: ChatCompletionRequest) -> list[dict[str, Any]]:
@@ -114,8 +115,10 @@ def prepare_chat(svc: ModelService, req: ChatCompletionRequest) -> ChatPrompt:
     grammar = format_grammar(req.response_format)
     parser_name = svc.tool_parser
     template_tools = None
+    forced = False
     if use_tools:
         schema = tool_call_grammar_schema(tools, choice, parallel=bool(req.parallel_tool_calls))
+        forced = schema is not None
         if schema is not None:  # a call is forced: constrain the reply to one, read it as bare JSON
             grammar, parser_name = json_schema_grammar(schema, param="tools"), "generic"
         if svc.template_tools and schema is None:
@@ -147,4 +150,4 @@ def prepare_chat(svc: ModelService, req: ChatCompletionRequest) -> ChatPrompt:
     parser = output_parser(parser_name, tools if use_tools else None, reasoning=svc.reasoning,
                            starts_in_reasoning=svc.reasoning and text.rstrip().endswith("<think>"),
                            parallel_tool_calls=req.parallel_tool_calls)
-    return ChatPrompt(tokens, parser, grammar)
+    return ChatPrompt(tokens, parser, grammar, forced_call=forced and use_tools)

@@ -10,6 +10,8 @@ turn for a non-streamed answer.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from kronk.api.chat.prompt import chat_size, prepare_chat
 from kronk.api.generation import all_chunks, first_chunk, generation_request
 from kronk.engine.protocol import GenerationChunk, Usage
-from kronk.parsers import ParsedOutput, StreamEvent, collect
+from kronk.parsers import ParsedOutput, StreamEvent, collect, new_call_id
 from kronk.serving.call import RequestContext
 from kronk.telemetry.generation import GenerationObserver
 
@@ -70,10 +72,13 @@ async def chat_turn(svc: ModelService, req: ChatCompletionRequest, ctx: RequestC
         stream = prompt.parser.stream()
         made_calls = False
         reasoning: list[str] = []
+        held: list[str] = []  # a forced call's text the parser has not read as a call yet
         async for c in all_chunks(first, chunks):
             events = stream.feed(c.text) if c.text else []
             if c.finish_reason:
                 events += stream.finish()
+            if prompt.forced_call:
+                events = _forced_call_events(events, held, final=bool(c.finish_reason) and not made_calls)
             for ev in events:
                 if ev.tool_call is not None:
                     made_calls = True
@@ -88,6 +93,28 @@ async def chat_turn(svc: ModelService, req: ChatCompletionRequest, ctx: RequestC
             yield TurnStep(events, c, finish, c.usage or Usage(), n_reasoning)
     finally:
         await chunks.aclose()
+
+
+_NAME = re.compile(r'"name"\s*:\s*"((?:[^"\\]|\\.)+)"')
+_ARGS = re.compile(r'"(?:arguments|parameters)"\s*:\s*(.*)\Z', re.S)
+
+
+def _forced_call_events(events: list[StreamEvent], held: list[str], final: bool) -> list[StreamEvent]:
+    """A forced call's events: its grammar makes the whole answer a call, so no piece of it is content. Text the
+    parser has not read as a call yet is held; when the answer ends without a call read (the token limit cut it
+    inside its name or before its arguments), the call is reported from the held text as far as it got: its name
+    and the arguments' text so far; cut before the name, it reports nothing."""
+    out = [ev for ev in events if ev.content is None]
+    held.extend(ev.content for ev in events if ev.content is not None)
+    if final and held:
+        text = "".join(held)
+        name = _NAME.search(text)
+        if name is not None:
+            args = _ARGS.search(text, name.end())
+            out.append(StreamEvent(tool_call={"index": 0, "id": new_call_id(), "type": "function", "function": {
+                "name": json.loads(f'"{name.group(1)}"'), "arguments": args.group(1) if args else ""}}))
+        held.clear()
+    return out
 
 
 async def whole_turn(steps: AsyncIterator[TurnStep]) -> WholeTurn:
