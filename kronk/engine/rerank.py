@@ -23,6 +23,7 @@ pairs share one llama_decode (fewer, larger decodes: faster on a GPU for short p
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 
@@ -166,8 +167,13 @@ class RerankRunner:
                 ptr = llama_cpp.llama_get_embeddings_seq(self.ctx, s)
                 if not ptr:
                     raise EngineError("the model produced no rank score")
-                out[s] = float(ptr[0])
-        return [s for s in out if s is not None]
+                score = float(ptr[0])
+                if not math.isfinite(score):
+                    raise EngineError(f"the model produced a score of {score} (a broken rank head?)")
+                out[s] = score
+        if any(s is None for s in out):
+            raise EngineError("a pair got no rank score")
+        return out  # type: ignore[return-value]
 
     def close(self) -> None:
         with self._lock:  # a running rerank finishes first: its context and batch are freed after it
