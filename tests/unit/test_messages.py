@@ -174,6 +174,16 @@ def test_tool_result_round_trip(claude):
     assert short < longer and short < failed
 
 
+def test_output_config_format_is_a_structured_answer(claude):
+    schema = {"type": "object", "properties": {"color": {"type": "string", "maxLength": 12}}, "required": ["color"],
+              "additionalProperties": False}
+    r = claude.messages.create(model=SMOL, max_tokens=32, extra_body=GREEDY,
+                               output_config={"format": {"type": "json_schema", "schema": schema}},
+                               messages=[{"role": "user", "content": "Name a color."}])
+    assert r.stop_reason == "end_turn", r
+    jsonschema.validate(json.loads(r.content[0].text), schema)
+
+
 # ---------------------------------------------------------------------- streaming
 
 
