@@ -72,7 +72,8 @@ def install(app: FastAPI) -> None:
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         msg = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404 and msg == "Not Found":
-            msg = "no such endpoint; see /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings"
+            msg = ("no such endpoint; see /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings, "
+                   "/v1/responses, /v1/messages, /v1/rerank, /v1/tokenize, /api/* (Ollama) and docs/api.md")
         return envelope(exc.status_code, msg, type_, None, None, headers=getattr(exc, "headers", None),
                         wire=wire_for(request.url.path))
 
