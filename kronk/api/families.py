@@ -13,6 +13,10 @@ from kronk.api.completions.routes import router as completions_router
 from kronk.api.completions.serving import serve_completion
 from kronk.api.embeddings.routes import router as embeddings_router
 from kronk.api.embeddings.serving import serve_embeddings
+from kronk.api.messages.routes import PREFIX as MESSAGES_PREFIX
+from kronk.api.messages.routes import WIRE as MESSAGES_WIRE
+from kronk.api.messages.routes import router as messages_router
+from kronk.api.messages.serving import serve_count_tokens, serve_messages
 from kronk.api.models.routes import router as models_router
 from kronk.api.ollama.routes import WIRE as OLLAMA_WIRE
 from kronk.api.ollama.routes import router as ollama_router
@@ -28,12 +32,15 @@ from kronk.serving.service import Handler
 
 # Route order matters where paths overlap: models' /v1/models/pull comes before /v1/models/{id} in its router.
 ROUTERS: list[APIRouter] = [models_router, chat_router, completions_router, embeddings_router, ollama_router,
-                            responses_router, rerank_router, tokenize_router]
+                            responses_router, rerank_router, tokenize_router,
+                            messages_router]
 
 HANDLERS: dict[Endpoint, Handler] = {
     Endpoint.CHAT: serve_chat,
     Endpoint.COMPLETIONS: serve_completion,
     Endpoint.EMBEDDINGS: serve_embeddings,
+    Endpoint.MESSAGES: serve_messages,
+    Endpoint.MESSAGES_COUNT_TOKENS: serve_count_tokens,
     Endpoint.OLLAMA_CHAT: serve_ollama_chat,
     Endpoint.OLLAMA_GENERATE: serve_ollama_generate,
     Endpoint.OLLAMA_EMBED: serve_ollama_embed,
@@ -44,4 +51,5 @@ HANDLERS: dict[Endpoint, Handler] = {
     Endpoint.APPLY_TEMPLATE: serve_apply_template,
 }
 
+wire.register(MESSAGES_PREFIX, MESSAGES_WIRE)  # Anthropic's error shape on /v1/messages*
 wire.register("/api/", OLLAMA_WIRE)  # Ollama's {"error": "..."} and NDJSON on /api/*

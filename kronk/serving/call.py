@@ -19,6 +19,8 @@ class Endpoint(Enum):
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
     RESPONSES = "responses"  # OpenAI's /v1/responses
+    MESSAGES = "messages"  # Anthropic's /v1/messages
+    MESSAGES_COUNT_TOKENS = "messages_count_tokens"  # Anthropic's /v1/messages/count_tokens
     OLLAMA_CHAT = "ollama_chat"  # Ollama's /api/chat
     OLLAMA_GENERATE = "ollama_generate"  # Ollama's /api/generate
     OLLAMA_EMBED = "ollama_embed"  # Ollama's /api/embed and /api/embeddings
