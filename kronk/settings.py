@@ -341,6 +341,10 @@ class Settings(BaseSettings):
         "none).")
     responses_ttl_s: float = Field(
         default=3600.0, gt=0, description="How long a stored response is kept after it was made, in seconds.")
+    responses_max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=0, description="Most memory the stored responses of one HTTP front take "
+        "together, in bytes (each counted as its JSON and its whole conversation's text); beyond it the least "
+        "recently used is dropped, and a response larger than all of it is not kept.")
 
     # NoDecode: KRONK_MODELS may be `a,b` as well as JSON (decoded in _models_from_names)
     models: Annotated[list[ModelConfig], NoDecode] = Field(

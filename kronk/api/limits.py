@@ -61,6 +61,7 @@ class Limits:
     max_model_name_length: int = _default("max_model_name_length")
     responses_max_stored: int = _default("responses_max_stored")  # the Responses API's store (its bounds)
     responses_ttl_s: float = _default("responses_ttl_s")
+    responses_max_bytes: int = _default("responses_max_bytes")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:

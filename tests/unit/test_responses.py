@@ -16,8 +16,9 @@ import pytest
 from kronk.api.app import create_app
 from kronk.api.limits import Limits
 from kronk.api.responses.routes import _passed
-from kronk.api.responses.serving import event
+from kronk.api.responses.serving import OutputBuilder, event
 from kronk.api.responses.store import Conversation, ResponseNotFound, ResponseStore
+from kronk.parsers import StreamEvent
 from kronk.security.access import Access
 from kronk.serving.items import Failure, Item
 from kronk.serving.local import LocalBackend
@@ -104,6 +105,55 @@ def test_the_stream_names_each_event_as_its_data_does(api_url):
         name, data = b.split("\n")
         assert json.loads(data.removeprefix("data: "))["type"] == name.removeprefix("event: ")
     assert "[DONE]" not in r.text
+
+
+def test_reasoning_text_and_calls_are_items_in_the_order_they_come():
+    """What the test models cannot show (they do not reason): a turn's pieces as items and their events."""
+    evs = [StreamEvent(reasoning="Think"), StreamEvent(reasoning="ing."), StreamEvent(content="\n\n"),
+           StreamEvent(content="Hi"), StreamEvent(content="!"),
+           StreamEvent(tool_call={"index": 0, "id": "call_1", "type": "function",
+                                  "function": {"name": "f", "arguments": ""}}),
+           StreamEvent(tool_call={"index": 0, "function": {"arguments": '{"a":'}}),
+           StreamEvent(tool_call={"index": 0, "function": {"arguments": " 1}"}}),
+           StreamEvent(content=" "),  # blank text after a call opens no message
+           StreamEvent(tool_call={"index": 1, "id": "call_2", "type": "function",
+                                  "function": {"name": "g", "arguments": "{}"}})]
+    streamed, whole = OutputBuilder("r", emit=True), OutputBuilder("r", emit=False)
+    for b in (streamed, whole):
+        for ev in evs:
+            b.feed(ev)
+        b.finish("completed")
+    assert streamed.items == whole.items and whole.events == []
+    rs, msg, c1, c2 = whole.items
+    assert rs == {"type": "reasoning", "id": "rs_r_0", "summary": [], "status": "completed",
+                  "content": [{"type": "reasoning_text", "text": "Thinking."}]}
+    assert msg["type"] == "message" and msg["content"][0]["text"] == "\n\nHi!" and msg["id"] == "msg_r_1"
+    assert (c1["call_id"], c1["name"], c1["arguments"], c1["id"]) == ("call_1", "f", '{"a": 1}', "fc_r_2")
+    assert (c2["call_id"], c2["arguments"], c2["status"]) == ("call_2", "{}", "completed")
+    sent = [json.loads(b.split("\n")[1].removeprefix("data: ")) for b in streamed.take().split("\n\n") if b]
+    assert [e["sequence_number"] for e in sent] == list(range(len(sent)))
+    assert [e["type"] for e in sent] == [
+        "response.output_item.added", "response.content_part.added", "response.reasoning_text.delta",
+        "response.reasoning_text.delta", "response.reasoning_text.done", "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added", "response.content_part.added", "response.output_text.delta",
+        "response.output_text.delta", "response.output_text.done", "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta", "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.done", "response.output_item.done"]
+    assert sent[0]["item"]["status"] == "in_progress" and sent[0]["item"]["content"] == []
+    assert sent[9]["delta"] == "\n\nHi" and sent[9]["item_id"] == "msg_r_1" and sent[9]["output_index"] == 1
+    assert sent[-2]["arguments"] == "{}" and sent[-2]["name"] == "g"
+
+
+def test_a_turn_of_blank_text_still_has_its_message():
+    b = OutputBuilder("r", emit=False)
+    b.feed(StreamEvent(content=" "))
+    b.finish("incomplete")
+    assert [(i["type"], i["status"], i["content"][0]["text"]) for i in b.items] == [("message", "incomplete", " ")]
 
 
 # ---------------------------------------------------------------------- tools and formats
@@ -197,9 +247,11 @@ def test_instructions_are_not_carried_over(client):
     second = client.responses.create(model=GEMMA, previous_response_id=first.id, input="Bye", temperature=0,
                                      max_output_tokens=2)
     assert first.instructions == "Answer in French." and second.instructions is None
+    # the same conversation sent whole, the first answer's output items sent back as they came
+    sent_back = [o.model_dump(exclude_none=True) for o in first.output]
+    assert sent_back[0]["type"] == "message" and sent_back[0]["id"]
     whole = client.responses.create(model=GEMMA, temperature=0, max_output_tokens=2, store=False, input=[
-        {"role": "user", "content": "Hello"}, {"role": "assistant", "content": first.output_text},
-        {"role": "user", "content": "Bye"}])
+        {"role": "user", "content": "Hello"}, *sent_back, {"role": "user", "content": "Bye"}])
     assert second.usage.input_tokens == whole.usage.input_tokens
 
 
@@ -297,6 +349,26 @@ def test_the_store_is_bounded_in_age_and_per_key():
     assert len(store) == 0
 
 
+def test_the_store_is_bounded_in_bytes():
+    clock, me = Clock(), ("k", None)
+    store = ResponseStore(max_stored=100, ttl_s=60, max_bytes=10_000, clock=clock)
+    big = {"id": "x", "text": "y" * 4000}
+    for rid in ("a", "b"):
+        assert store.put(rid, me, big, Conversation.of(None, []))
+    assert 8000 < store.bytes <= 10_000
+    assert store.put("c", me, big, Conversation.of(None, []))  # a (the least recently used) goes
+    assert len(store) == 2 and store.bytes <= 10_000
+    with pytest.raises(ResponseNotFound):
+        store.get("a", me)
+    # a conversation counts whole (with the turns it continues) and one over the budget is not kept
+    long = Conversation.of(Conversation.of(None, [{"text": "z" * 3000}]), [{"text": "z" * 3000}])
+    assert long.chars > 6000
+    assert not store.put("d", me, {"id": "d"}, Conversation.of(long, [{"text": "z" * 4000}]))
+    store.delete("b", me)
+    clock.t += 61
+    assert len(store) == 0 and store.bytes == 0
+
+
 def test_conversations_share_their_earlier_turns():
     first = Conversation.of(None, ["u1"])
     answered = Conversation.of(first, ["a1"])
@@ -324,9 +396,9 @@ def test_the_apps_store_keeps_its_bounds_over_http(services, tmp_path):
 
 
 def test_the_store_bounds_are_settings(tmp_path):
-    s = Settings(home=tmp_path, responses_max_stored=5, responses_ttl_s=7)
+    s = Settings(home=tmp_path, responses_max_stored=5, responses_ttl_s=7, responses_max_bytes=4096)
     lim = Limits.from_settings(s)
-    assert (lim.responses_max_stored, lim.responses_ttl_s) == (5, 7)
+    assert (lim.responses_max_stored, lim.responses_ttl_s, lim.responses_max_bytes) == (5, 7, 4096)
     assert Settings(home=tmp_path).responses_max_stored == 1000
 
 

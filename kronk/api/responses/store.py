@@ -1,16 +1,19 @@
 """The stored responses of one HTTP front (``store: true``): in this process's memory, bounded in count
-(``responses_max_stored``: the least recently used goes first) and age (``responses_ttl_s`` after it was made),
-each visible only to the API key that made it (with keys off, everyone is the same anonymous principal).
+(``responses_max_stored``) and size (``responses_max_bytes``; the least recently used goes first) and age
+(``responses_ttl_s`` after it was made), each visible only to the API key that made it (with keys off, everyone
+is the same anonymous principal).
 
 An entry keeps its response object (``GET /v1/responses/{id}``) and the conversation a follow-up continues: the
 input items it answered, the previous chain's included, then its own output items. Conversations share their
 earlier turns (a :class:`Conversation` is a node that points at the one it continues), so a long chain holds each
-item once, however many of its responses are stored. A restart (or another front: each Serve ingress replica
+item once, however many of its responses are stored; each entry is counted with its whole conversation, an upper
+bound of what it keeps alive. A restart (or another front: each Serve ingress replica
 has its own) knows none of them.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -42,10 +45,14 @@ class Conversation:
     parent: Conversation | None
     items: tuple[Any, ...]
     size: int  # how many items in all
+    chars: int  # their text in all (what the entry keeps alive, about)
 
     @classmethod
     def of(cls, parent: Conversation | None, items: list[Any] | tuple[Any, ...]) -> Conversation:
-        return cls(parent, tuple(items), len(items) + (parent.size if parent is not None else 0))
+        chars = sum(_chars(i) for i in items)
+        if parent is None:
+            return cls(None, tuple(items), len(items), chars)
+        return cls(parent, tuple(items), len(items) + parent.size, chars + parent.chars)
 
     def resolve(self) -> list[Any]:
         """Every item, oldest first (iterative: no recursion, however long the chain)."""
@@ -57,12 +64,21 @@ class Conversation:
         return [item for n in reversed(nodes) for item in n.items]
 
 
+def _chars(item: Any) -> int:
+    """About how much of memory an item holds: its fields' text (pydantic items), else its JSON."""
+    if hasattr(item, "model_dump"):
+        return 64 + sum(len(v) if isinstance(v, str) else len(json.dumps(v, default=str))
+                        for v in item.model_dump().values())
+    return len(json.dumps(item, default=str))
+
+
 @dataclass(slots=True)
 class Stored:
     owner: Owner
     response: dict[str, Any]
     conversation: Conversation  # what a follow-up continues: the input it answered, then its output
     expires_at: float
+    cost: int  # bytes, about: the response's JSON and the whole conversation's text
 
 
 def owner_of(request: Request) -> Owner:
@@ -73,10 +89,13 @@ def owner_of(request: Request) -> Owner:
 
 class ResponseStore:
     def __init__(self, max_stored: int = DEFAULT_LIMITS.responses_max_stored,
-                 ttl_s: float = DEFAULT_LIMITS.responses_ttl_s, clock: Callable[[], float] = time.monotonic):
+                 ttl_s: float = DEFAULT_LIMITS.responses_ttl_s, max_bytes: int = DEFAULT_LIMITS.responses_max_bytes,
+                 clock: Callable[[], float] = time.monotonic):
         self.max_stored = max_stored
         self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
         self.clock = clock
+        self.bytes = 0  # the stored entries' costs together
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, Stored] = OrderedDict()  # least recently used first
         self._made: dict[str, float] = {}  # id -> expiry, in the order they were stored (oldest first)
@@ -92,11 +111,19 @@ class ResponseStore:
             if expires > now:
                 break
             del self._made[rid]
-            self._entries.pop(rid, None)
+            self._drop(rid)
+
+    def _drop(self, rid: str) -> None:
+        entry = self._entries.pop(rid, None)
+        self._made.pop(rid, None)
+        if entry is not None:
+            self.bytes -= entry.cost
 
     def put(self, rid: str, owner: Owner, response: dict[str, Any], conversation: Conversation) -> bool:
-        """Keep ``response`` (False when it is not kept: no room at all, or the id is another key's)."""
-        if self.max_stored <= 0:
+        """Keep ``response``; False when it is not kept: the store keeps none, the response is larger than all of
+        ``max_bytes``, or the id is another key's."""
+        cost = len(json.dumps(response, default=str)) + conversation.chars
+        if self.max_stored <= 0 or cost > self.max_bytes:
             return False
         with self._lock:
             now = self.clock()
@@ -104,13 +131,12 @@ class ResponseStore:
             old = self._entries.get(rid)
             if old is not None and old.owner != owner:
                 return False
-            self._entries.pop(rid, None)
-            self._made.pop(rid, None)
-            self._entries[rid] = Stored(owner, response, conversation, now + self.ttl_s)
+            self._drop(rid)
+            self._entries[rid] = Stored(owner, response, conversation, now + self.ttl_s, cost)
             self._made[rid] = now + self.ttl_s
-            while len(self._entries) > self.max_stored:
-                gone, _ = self._entries.popitem(last=False)
-                self._made.pop(gone, None)
+            self.bytes += cost
+            while len(self._entries) > self.max_stored or self.bytes > self.max_bytes:
+                self._drop(next(iter(self._entries)))  # the least recently used
             return True
 
     def get(self, rid: str, owner: Owner, param: str | None = None) -> Stored:
@@ -131,8 +157,7 @@ class ResponseStore:
     def delete(self, rid: str, owner: Owner) -> None:
         self.get(rid, owner)
         with self._lock:
-            self._entries.pop(rid, None)
-            self._made.pop(rid, None)
+            self._drop(rid)
 
     def taken(self, rid: str) -> bool:
         """Whether any key's stored response has this id (a client may pick its request ids)."""
@@ -146,5 +171,6 @@ def store_of(request: Request) -> ResponseStore:
     store = getattr(state, "responses", None)
     if store is None:
         limits = getattr(state, "limits", DEFAULT_LIMITS)
-        store = state.responses = ResponseStore(limits.responses_max_stored, limits.responses_ttl_s)
+        store = state.responses = ResponseStore(limits.responses_max_stored, limits.responses_ttl_s,
+                                                limits.responses_max_bytes)
     return store
