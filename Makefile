@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.kronk-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup serve test test-fast lint bench clean stop
+.PHONY: setup serve test test-fast lint bench clean stop browser
 
 $(STAMP): pyproject.toml scripts/install_llama.sh scripts/llama_cmake_args.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,14 @@ setup: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/kronk server start
 
-test: $(STAMP)
+# Chromium for the browser UI's tests (tests/integration/test_ui_browser.py): Playwright cannot download its own
+# browsers here, so they drive Debian's (`apt-get`; root or sudo), installed only where it is missing.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check kronk deployments tests benchmarks
 	$(VENV)/bin/pytest -q -ra
 

@@ -3,7 +3,8 @@ served at ``/ui/``, with ``GET /`` redirecting there. No build step: the files a
 
 :func:`mount_ui` adds the routes to an app (``create_app`` calls it). Every UI answer carries a strict
 Content-Security-Policy (scripts and styles from this origin only, no inline script, no framing) and
-``X-Content-Type-Options: nosniff``. The files are public (they hold no data; every number the UI shows comes
+``X-Content-Type-Options: nosniff``. ``GET /`` redirects a browser only (``Accept: text/html``): the Ollama
+family answers other clients' ``GET /``. The files are public (they hold no data; every number the UI shows comes
 from the API, with the key the user gives it), so with keys on they are served without one
 (``kronk.security.auth``); with keys off the Host/Origin check applies to them as to any route.
 ``GET /ui/config.json`` tells the page whether keys are on, so it can ask for one before calling the API.
@@ -16,6 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kronk.errors import NotFound
 
@@ -36,19 +38,41 @@ def ui_files() -> dict[str, bytes]:
             if f.is_file() and any(f.name.endswith(ext) for ext in TYPES)}
 
 
-def is_ui_path(path: str) -> bool:
-    """Paths the UI's routes answer (the key check lets GET/HEAD on them through: see kronk.security.auth)."""
-    return path == "/" or path == PREFIX.rstrip("/") or path.startswith(PREFIX)
+def _wants_html(scope: Scope) -> bool:
+    accept = next((v for k, v in scope.get("headers", ()) if k.lower() == b"accept"), b"")
+    return b"text/html" in accept.lower()
+
+
+def is_ui_request(scope: Scope) -> bool:
+    """A GET/HEAD the UI answers: ``/ui`` and ``/ui/...``, and ``/`` from a browser (``Accept: text/html``; other
+    clients' ``GET /`` is the Ollama family's liveness probe). The key check lets these through
+    (kronk.security.auth)."""
+    if scope.get("method") not in ("GET", "HEAD"):
+        return False
+    path = scope.get("path", "")
+    return path == PREFIX.rstrip("/") or path.startswith(PREFIX) or (path == "/" and _wants_html(scope))
+
+
+class RootRedirect:
+    """``GET /`` from a browser -> 307 to ``/ui/``; anything else goes on to the app's routes (a middleware, not a
+    route: the Ollama family answers ``GET /`` to its clients, whatever the order the routes were added in)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") == "/" and is_ui_request(scope):
+            await RedirectResponse(PREFIX, status_code=307, headers=HEADERS)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def mount_ui(app: FastAPI, keys_on: Any = None) -> None:
-    """``GET /`` -> 307 to ``/ui/``; ``GET /ui/<file>``: the static files; ``GET /ui/config.json``: whether keys
-    are on (``keys_on()``, a callable; default: never)."""
+    """``GET /`` (a browser's) -> 307 to ``/ui/``; ``GET /ui/<file>``: the static files; ``GET /ui/config.json``:
+    whether keys are on (``keys_on()``, a callable; default: never). Call it before adding the access middleware,
+    so that it runs inside it."""
     files = ui_files()
-
-    @app.get("/", include_in_schema=False)
-    async def root() -> Response:
-        return RedirectResponse(PREFIX, status_code=307)
+    app.add_middleware(RootRedirect)
 
     @app.get("/ui", include_in_schema=False)
     async def ui_bare() -> Response:

@@ -2,7 +2,7 @@
 // module exports mount(view, ctx) and returns a cleanup function that stops its streams and timers, so leaving
 // a page never leaves a request behind (and never touches a pull: pulls run in the server's model manager).
 import {api, ApiError, getKey, onApiError, setKey} from "./api.js";
-import {clear, h} from "./dom.js";
+import {add, clear, h} from "./dom.js";
 import * as catalog from "./catalog.js";
 import * as downloads from "./downloads.js";
 import * as models from "./models.js";
@@ -41,10 +41,11 @@ export function toast(message, kind = "info") {
   setTimeout(() => el.remove(), kind === "error" ? 8000 : 4000);
 }
 
-function confirmDialog(text, okLabel = "Delete") {
+function confirmDialog(text, okLabel = "Delete", cancelLabel = "Cancel") {
   const dlg = document.getElementById("confirm");
   document.getElementById("confirm-text").textContent = text;
   document.getElementById("confirm-ok").textContent = okLabel;
+  document.getElementById("confirm-cancel").textContent = cancelLabel;
   return new Promise((resolve) => {
     dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok"), {once: true});
     dlg.returnValue = "cancel";
@@ -56,7 +57,7 @@ function showWho() {
   const who = document.getElementById("who");
   clear(who);
   if (!ctx.me) return;
-  if (ctx.me.keys_on) who.append(h("span", {class: "badge"}, ctx.me.name), ctx.me.admin ? h("span", {class: "badge admin"}, "admin") : null);
+  if (ctx.me.keys_on) add(who, h("span", {class: "badge"}, ctx.me.name), ctx.me.admin ? h("span", {class: "badge admin"}, "admin") : null);
 }
 
 let cleanup = null;

@@ -192,6 +192,7 @@ export async function mount(view, ctx) {
       else answer.error = e.message;
     } finally {
       if (frame) cancelAnimationFrame(frame);
+      if (running && running.signal.aborted) finish = "stopped"; // the stream ends quietly when stopped
       const st = {};
       if (tFirst !== null) st.ttft_ms = tFirst - t0;
       if (usage) {

@@ -66,3 +66,14 @@ export function ago(unix) {
   if (d < 86400) return `${Math.floor(d / 3600)} h ago`;
   return new Date(unix * 1000).toLocaleString();
 }
+
+/** Replace an element's children (null, false and undefined children are left out, as in h()). */
+export function put(el, ...children) {
+  clear(el);
+  return fill(el, {}, children);
+}
+
+/** Append children (null, false and undefined are left out). */
+export function add(el, ...children) {
+  return fill(el, {}, children);
+}

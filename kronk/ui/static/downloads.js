@@ -2,7 +2,7 @@
 // each running job's Server-Sent Events. The page only watches: leaving it, reloading or closing the tab stops
 // its streams, never a pull; coming back shows each job where it is now.
 import {api, isAbort, sse} from "./api.js";
-import {ago, bytes, duration, h} from "./dom.js";
+import {ago, bytes, duration, h, put} from "./dom.js";
 
 const ACTIVE = new Set(["queued", "running"]);
 const MAX_STREAMS = 3; // the browser keeps ~6 connections per server: leave room for the rest of the UI
@@ -44,7 +44,7 @@ export async function mount(view, ctx) {
       HINTS[job.error_code] ? h("p", {}, HINTS[job.error_code]) : null,
       job.error_code ? h("span", {class: "muted small"}, ` (${job.error_code})`) : null) : null;
     row.el.dataset.status = job.status;
-    row.el.replaceChildren(
+    put(row.el, 
       h("header", {},
         h("h3", {}, job.model),
         h("span", {class: `badge status-${job.status}`, "data-role": "status"}, job.status),
@@ -109,7 +109,8 @@ export async function mount(view, ctx) {
   }
 
   async function cancel(job) {
-    if (!(await ctx.confirm(`Cancel the pull of ${job.model}? What is downloaded so far stays for a later pull.`, "Cancel pull"))) return;
+    if (!(await ctx.confirm(`Cancel the pull of ${job.model}? What is downloaded so far stays for a later pull.`, "Cancel the pull",
+      "Keep pulling"))) return;
     try {
       update(await api(`/v1/models/pull/${encodeURIComponent(job.id)}`, {method: "DELETE"}));
       place();

@@ -1,7 +1,7 @@
 // Keys: with API keys on, the UI asks for one and keeps it in this tab's sessionStorage only (never
 // localStorage, never a cookie); a key without the admin scope sees no pull, cancel, load/unload or delete.
 import {ApiError, getKey, setKey} from "./api.js";
-import {h} from "./dom.js";
+import {add, h, put} from "./dom.js";
 
 export async function mount(view, ctx) {
   const status = h("div", {class: "card"});
@@ -10,7 +10,7 @@ export async function mount(view, ctx) {
     placeholder: "kronk-…", "aria-label": "API key"});
 
   function render() {
-    status.replaceChildren(
+    put(status, 
       h("h2", {}, "Access"),
       !ctx.keysOn ? h("p", {}, "API keys are off: this server answers only pages from this machine (the Host and ",
         "Origin checks). Everything is open to you here.")
@@ -58,6 +58,6 @@ export async function mount(view, ctx) {
     h("label", {for: "key-input"}, "Key (kept in this tab only, forgotten when it closes)"),
     h("div", {class: "row"}, input, h("button", {type: "submit", id: "key-submit"}, "Use key")),
     error) : null;
-  view.append(h("section", {class: "page narrow"}, h("h1", {}, "Keys"), status, form));
+  add(view, h("section", {class: "page narrow"}, h("h1", {}, "Keys"), status, form));
   if (ctx.keysOn && !getKey()) input.focus();
 }

@@ -8,6 +8,12 @@ const EVERY_MS = 2000;
 const KEEP = 150; // samples per model (5 minutes)
 const BUCKETS = ["0-512", "512-2k", "2k-8k", "8k-32k", "32k+"];
 
+// HTTP requests the ingress counted for the model, or the generations its engines counted where that is more
+// (requests for a pool model are not labelled with it at the ingress)
+function requestsOf(a) {
+  return Math.max((a.requests && a.requests.total) || 0, (a.engine && a.engine.requests) || 0);
+}
+
 export async function mount(view, ctx) {
   const stop = new AbortController();
   const history = new Map(); // model -> [{t, ttft50, ttft95, kv, reuse, requests, active}]
@@ -31,7 +37,7 @@ export async function mount(view, ctx) {
     return h("article", {class: "card model-stats", dataset: {model}},
       h("header", {}, h("h2", {}, model), h("span", {class: "muted small"}, `${entry.replicas ?? 0} replica(s)`)),
       h("div", {class: "tiles"},
-        tile("requests", String(req.total ?? 0), "requests"),
+        tile("requests", String(requestsOf(a)), "requests"),
         tile("errors", String(req.errors ?? 0), "errors"),
         tile("TTFT p50", ttft.count ? `${Math.round(ttft.p50 * 1000)} ms` : "–", "ttft-p50"),
         tile("TTFT p95", ttft.count ? `${Math.round(ttft.p95 * 1000)} ms` : "–", "ttft-p95"),
@@ -69,7 +75,7 @@ export async function mount(view, ctx) {
       hist.push({t, ttft50: ttft.count ? ttft.p50 * 1000 : NaN, ttft95: ttft.count ? ttft.p95 * 1000 : NaN,
         kv: a.kv && a.kv.cells_total ? 100 * (a.kv.usage || 0) : NaN,
         reuse: a.prefix_cache_reuse_ratio !== undefined ? 100 * a.prefix_cache_reuse_ratio : NaN,
-        requests: a.requests ? a.requests.total : NaN});
+        requests: requestsOf(a)});
       history.set(m, hist.slice(-KEEP));
     }
     box.replaceChildren(...names.map((m) => section(m, data.models[m])));
