@@ -10,10 +10,10 @@
 * Always: a POST/PUT/PATCH/DELETE body that is not JSON (``application/json``, ``...+json``) gets 415, so no
   page can send a ``text/plain`` (preflight-free) body that is read as JSON. No CORS header is ever granted.
 
-``GET /health`` is always open (probes); with keys on, ``GET`` of the browser UI's static files (``/``,
-``/ui/...``) needs no key (they hold no data; the page asks for a key before it calls the API). The middleware
-puts the request's :class:`Principal` in ``scope["kronk.principal"]``; :func:`require_admin` reads it. Keys are
-never logged.
+``GET /health`` is always open (probes); with keys on, ``GET`` of the browser UI's static files (``/ui/...``,
+and ``/`` from a browser) needs no key (they hold no data; the page asks for a key before it calls the API).
+The middleware puts the request's :class:`Principal` in ``scope["kronk.principal"]``; :func:`require_admin`
+reads it. Keys are never logged.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from kronk.api.wire import wire_for
 from kronk.errors import KronkError, PermissionDenied, RateLimited, Unauthorized, UnsupportedMediaType
 from kronk.security.access import ANONYMOUS, Access, Principal, host_name, origin_host
 from kronk.serving.items import Failure
-from kronk.ui import is_ui_path
+from kronk.ui import is_ui_request
 
 OPEN_PATHS = {"/health"}
-UI_METHODS = {"GET", "HEAD"}  # the browser UI's static files (kronk/ui): public, so a page can load to ask for a key
+# the browser UI's static files (kronk/ui): public, so a page can load to ask for a key
 UI_VISITOR = Principal("ui", admin=False, anonymous=True)
 PRINCIPAL_KEY = "kronk.principal"
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -79,7 +79,7 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         access = self.access
-        if access.keys_on() and scope.get("method") in UI_METHODS and is_ui_path(scope.get("path", "")):
+        if access.keys_on() and is_ui_request(scope):
             who = UI_VISITOR  # the UI's static files hold no data
         elif access.keys_on():
             got = presented_key(scope)
