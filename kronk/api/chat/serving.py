@@ -10,7 +10,7 @@ from typing import Any
 
 from kronk.api.chat.prompt import ChatPrompt, chat_messages, chat_size, prepare_chat, render_chat
 from kronk.api.chat.schemas import ChatCompletionRequest
-from kronk.api.chat.turn import TurnStep, WholeTurn, chat_turn, usage_details, whole_turn
+from kronk.api.chat.turn import TurnStep, WholeTurn, chat_turn, prepare_turn, usage_details, whole_turn
 from kronk.api.generation import (
     choice_observers,
     choice_seeds,
@@ -79,7 +79,8 @@ async def serve_chat(svc: ModelService, req: ChatCompletionRequest, ctx: Request
     rid, created = "chatcmpl-" + ctx.request_id, int(time.time())
     with_logprobs = logprob_count(req) is not None  # a request error here is the route's status
     reqs = choice_requests(req)
-    turns = [chat_turn(svc, r, ctx, o) for r, o in zip(reqs, choice_observers(obs, len(reqs)), strict=True)]
+    prompt = await prepare_turn(svc, req)  # once, whatever n: the choices differ only in their seeds
+    turns = [chat_turn(svc, r, ctx, o, prompt) for r, o in zip(reqs, choice_observers(obs, len(reqs)), strict=True)]
     try:
         if not req.stream:
             done = await whole_turns(turns)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kronk.api.chat.prompt import chat_size, prepare_chat
+from kronk.api.chat.prompt import ChatPrompt, chat_size, prepare_chat
 from kronk.api.generation import all_chunks, first_chunk, generation_request
 from kronk.engine.protocol import GenerationChunk, Usage
 from kronk.parsers import ParsedOutput, StreamEvent, collect, new_call_id
@@ -60,10 +60,18 @@ def turn_finish(engine_reason: str, made_calls: bool, cut_call: bool = False) ->
     return "tool_calls" if made_calls else engine_reason
 
 
+async def prepare_turn(svc: ModelService, req: ChatCompletionRequest) -> ChatPrompt:
+    """The request's prompt, rendered and tokenized once (off the event loop when it is big work)."""
+    return await svc.prepare(prepare_chat, svc, req, size=chat_size(req))
+
+
 async def chat_turn(svc: ModelService, req: ChatCompletionRequest, ctx: RequestContext,
-                    obs: GenerationObserver) -> AsyncIterator[TurnStep]:
-    """The turn's steps (see the module docstring); the engine's slot is freed when the caller stops reading."""
-    prompt = await svc.prepare(prepare_chat, svc, req, size=chat_size(req))
+                    obs: GenerationObserver, prompt: ChatPrompt | None = None) -> AsyncIterator[TurnStep]:
+    """The turn's steps (see the module docstring); the engine's slot is freed when the caller stops reading.
+    ``prompt``: the request's prompt when the caller prepared it already (:func:`prepare_turn`: to know its
+    length first, or to run several choices of one request over one preparation)."""
+    if prompt is None:
+        prompt = await prepare_turn(svc, req)
     gen_req = generation_request(req, prompt.tokens, prompt.grammar, ctx.request_id, svc.stop_markers,
                                  svc.stop_token_ids, defaults=svc.sampling.params)
     chunks = svc.engine.generate(gen_req)
