@@ -32,7 +32,7 @@ from kronk.telemetry.generation import GenerationObserver
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repeat_penalty",
             "repeat_last_n", "seed", "stop", "logit_bias", "ignore_eos", "min_tokens", "repetition_guard",
             "keep_alive")
-ID_PREFIXES = {"message": "msg", "reasoning": "rs", "function_call": "fc"}  # output item ids: <prefix>_<resp id>_<i>
+ID_PREFIXES = {"message": "msg", "reasoning": "rs", "function_call": "fc"}
 # A chat error's param, as this family names the field.
 PARAMS = {"messages": "input", "max_completion_tokens": "max_output_tokens", "max_tokens": "max_output_tokens",
           "response_format": "text.format", "response_format.json_schema.schema": "text.format.schema"}
@@ -149,8 +149,8 @@ class OutputBuilder:
     when streaming, as the events that build them. A message item opens at the first text that is not blank
     (blank text before a call is left out, as a whole-text answer leaves it: kronk.parsers.collect)."""
 
-    def __init__(self, rid: str, emit: bool, seq: int = 0):
-        self.rid, self.emit, self.seq = rid, emit, seq
+    def __init__(self, request_id: str, emit: bool):
+        self.request_id, self.emit, self.seq = request_id, emit, 0  # item ids: <prefix>_<request id>_<index>
         self.items: list[dict[str, Any]] = []
         self.events: list[str] = []
         self.open: dict[str, Any] | None = None  # the item being written (the last of items)
@@ -173,7 +173,7 @@ class OutputBuilder:
 
     def _open(self, item: dict[str, Any]) -> None:
         self.close()
-        item["id"] = f"{ID_PREFIXES[item['type']]}_{self.rid}_{len(self.items)}"
+        item["id"] = f"{ID_PREFIXES[item['type']]}_{self.request_id}_{len(self.items)}"
         self.items.append(item)
         self.open = item
         self.add("response.output_item.added", output_index=self.index, item=item)
