@@ -85,7 +85,7 @@ def check_order(events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]
 
 def test_create_answers_as_chat_completions_does(claude, api_url):
     system = "You answer in one short sentence."
-    r = claude.messages.create(model=SMOL, max_tokens=24, extra_body=GREEDY, system=system,
+    r = claude.messages.create(model=SMOL, max_tokens=12, extra_body=GREEDY, system=system,
                                messages=[{"role": "user", "content": "Name a color."}])
     assert r.type == "message" and r.role == "assistant" and r.model == SMOL and r.id.startswith("msg_")
     assert [b.type for b in r.content] == ["text"] and r.content[0].text.strip()
@@ -93,7 +93,7 @@ def test_create_answers_as_chat_completions_does(claude, api_url):
     assert r.usage.output_tokens > 0 and r.usage.cache_creation_input_tokens == 0
     # the same conversation as a chat completion: system first, then the user's turn
     c = openai_client(api_url).chat.completions.create(
-        model=SMOL, max_tokens=24, extra_body=GREEDY,
+        model=SMOL, max_tokens=12, extra_body=GREEDY,
         messages=[{"role": "system", "content": system}, {"role": "user", "content": "Name a color."}])
     assert r.content[0].text == c.choices[0].message.content
     assert r.usage.input_tokens + r.usage.cache_read_input_tokens == c.usage.prompt_tokens
@@ -113,18 +113,18 @@ def test_system_as_text_blocks_and_content_as_blocks(claude):
 
 
 def test_stop_sequences_name_the_one_that_ended_the_turn(claude, api_url):
-    free = claude.messages.create(model=GEMMA, max_tokens=24, extra_body=GREEDY,
+    free = claude.messages.create(model=GEMMA, max_tokens=16, extra_body=GREEDY,
                                   messages=[{"role": "user", "content": "Tell me about the sea."}])
     text = free.content[0].text
     words = [w for w in text.split() if len(w) >= 3]
     assert len(words) >= 2, text
     stop = words[1]
-    cut = claude.messages.create(model=GEMMA, max_tokens=24, extra_body=GREEDY, stop_sequences=["@@never@@", stop],
+    cut = claude.messages.create(model=GEMMA, max_tokens=16, extra_body=GREEDY, stop_sequences=["@@never@@", stop],
                                  messages=[{"role": "user", "content": "Tell me about the sea."}])
     assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == stop
     assert "".join(b.text for b in cut.content) == text[: text.index(stop)]
     events = raw_events(api_url, {
-        "model": GEMMA, "max_tokens": 24, "temperature": 0, "stop_sequences": [stop],
+        "model": GEMMA, "max_tokens": 16, "temperature": 0, "stop_sequences": [stop],
         "messages": [{"role": "user", "content": "Tell me about the sea."}]})
     assert events[-2][1]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": stop}
 
@@ -163,7 +163,7 @@ def test_tool_result_round_trip(claude):
                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": result,
                                               "is_error": is_error}]}]
 
-    second = claude.messages.create(model=SMOL, max_tokens=24, extra_body=GREEDY, tools=[WEATHER], messages=turn(
+    second = claude.messages.create(model=SMOL, max_tokens=8, extra_body=GREEDY, tools=[WEATHER], messages=turn(
         [{"type": "text", "text": "Sunny, 21 C."}]))
     assert second.stop_reason in ("end_turn", "max_tokens", "tool_use") and second.content
     # the result reaches the prompt: a longer one is more tokens, an error result says so
@@ -188,7 +188,7 @@ def test_output_config_format_is_a_structured_answer(claude):
 
 
 def test_stream_text_and_final_message(claude, api_url):
-    body = {"model": SMOL, "max_tokens": 24, "messages": [{"role": "user", "content": "Name three colors."}]}
+    body = {"model": SMOL, "max_tokens": 16, "messages": [{"role": "user", "content": "Name three colors."}]}
     whole = claude.messages.create(**body, extra_body=GREEDY)
     with claude.messages.stream(**body, extra_body=GREEDY) as s:
         text = "".join(s.text_stream)
@@ -258,7 +258,7 @@ def test_count_tokens_is_the_prompt_of_the_same_request(claude):
     conv = {"model": SMOL, "system": "You are terse.", "messages": ASK, "tools": [WEATHER, TIME],
             "tool_choice": {"type": "any"}}
     counted = claude.messages.count_tokens(**conv).input_tokens
-    r = claude.messages.create(max_tokens=32, extra_body=GREEDY, **conv)
+    r = claude.messages.create(max_tokens=8, extra_body=GREEDY, **conv)
     assert counted == r.usage.input_tokens + r.usage.cache_read_input_tokens + r.usage.cache_creation_input_tokens
     plain = {"model": SMOL, "messages": [{"role": "user", "content": "Hello there, how are you?"}]}
     counted = claude.messages.count_tokens(**plain).input_tokens
