@@ -74,6 +74,20 @@ def physical_cores() -> int:
     return max(1, min(n, avail))
 
 
+
+# Control tokens the output parsers read (kronk/parsers: tool calls, reasoning, gpt-oss's channels) render as their
+# text, as llama-server's "preserved tokens" do; every other control token (BOS, EOS, turn markers) renders as
+# nothing. A vocabulary where a marker is ordinary text is not affected.
+PRESERVED_MARKERS = (
+    "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]", "<|python_tag|>", "<|python_start|>", "<|python_end|>",
+    "<tool_call>", "</tool_call>", "<think>", "</think>", "<|tool_call|>", "<TOOLCALL>", "</TOOLCALL>",
+    "<|channel|>", "<|message|>", "<|constrain|>", "<|start|>", "<|end|>",
+    "<\uff5ctool\u2581calls\u2581begin\uff5c>", "<\uff5ctool\u2581calls\u2581end\uff5c>",
+    "<\uff5ctool\u2581call\u2581begin\uff5c>", "<\uff5ctool\u2581call\u2581end\uff5c>",
+    "<\uff5ctool\u2581sep\uff5c>",
+)
+
+
 class LlamaModel:
     def __init__(self, path: str | Path, gpu_layers: int = 0, main_gpu: int = 0,
                  tensor_split: list[float] | None = None, vocab_only: bool = False,
@@ -110,6 +124,7 @@ class LlamaModel:
         self.bos = llama_cpp.llama_vocab_bos(self.vocab)
         self.eos = llama_cpp.llama_vocab_eos(self.vocab)
         self._piece = lru_cache(maxsize=65536)(self._piece_uncached)
+        self.preserved = self._preserved_tokens()
 
     # -- metadata -----------------------------------------------------------------
     def meta(self, key: str) -> str | None:
@@ -163,16 +178,27 @@ class LlamaModel:
             tokens = tokens[1:]
         return tokens
 
+    def _preserved_tokens(self) -> frozenset[int]:
+        """The control tokens of :data:`PRESERVED_MARKERS` this vocabulary has (each marker one token)."""
+        found = set()
+        for marker in PRESERVED_MARKERS:
+            toks = self.tokenize(marker, add_special=False, parse_special=True)
+            if len(toks) == 1 and llama_cpp.llama_vocab_is_control(self.vocab, toks[0]):
+                found.add(toks[0])
+        return frozenset(found)
+
     def _piece_uncached(self, token: int) -> bytes:
+        special = token in getattr(self, "preserved", ())
         buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
 
     def piece(self, token: int) -> bytes:
-        """The bytes a token stands for (control tokens render as nothing)."""
+        """The bytes a token stands for (control tokens render as nothing, except the markers a parser reads:
+        :data:`PRESERVED_MARKERS`)."""
         return self._piece(token)
 
     def detokenize(self, tokens: list[int]) -> str:
