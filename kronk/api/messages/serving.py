@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from kronk.api.chat.prompt import chat_size, prepare_chat
-from kronk.api.chat.turn import TurnStep, chat_turn
+from kronk.api.chat.turn import TurnStep, chat_turn, prepare_turn
 from kronk.api.messages.schemas import CountTokensRequest, MessagesRequest
 from kronk.engine.protocol import Usage
 from kronk.parsers import StreamEvent
@@ -20,7 +20,6 @@ from kronk.telemetry.generation import GenerationObserver
 if TYPE_CHECKING:
     from kronk.serving.service import ModelService
 
-T = TypeVar("T")
 STOP_REASONS = {"tool_calls": "tool_use", "length": "max_tokens"}
 
 
@@ -154,28 +153,11 @@ def usage_of(u: Usage) -> dict[str, int]:
             "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
 
 
-class _PromptCounter:
-    """The model's service as chat_turn uses it, noting how many tokens the prepared prompt has (message_start
-    reports them before the turn's usage arrives) without preparing it twice."""
-
-    def __init__(self, svc: ModelService) -> None:
-        self._svc = svc
-        self.prompt_tokens = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._svc, name)
-
-    async def prepare(self, fn: Callable[..., T], *args: Any, size: int) -> T:
-        out = await self._svc.prepare(fn, *args, size=size)
-        self.prompt_tokens = len(getattr(out, "tokens", ()))
-        return out
-
-
 async def serve_messages(svc: ModelService, req: MessagesRequest, ctx: RequestContext,
                          obs: GenerationObserver) -> AsyncIterator[Item]:
     mid = "msg_" + ctx.request_id
-    counter = _PromptCounter(svc)
-    steps = chat_turn(counter, req.chat, ctx, obs)  # type: ignore[arg-type]
+    prompt = await prepare_turn(svc, req.chat)  # message_start reports its length before the turn's usage
+    steps = chat_turn(svc, req.chat, ctx, obs, prompt)
     blocks = Blocks()
     try:
         if not req.stream:
@@ -200,7 +182,7 @@ async def serve_messages(svc: ModelService, req: MessagesRequest, ctx: RequestCo
                 out.append(event("message_start", {"type": "message_start", "message": {
                     "id": mid, "type": "message", "role": "assistant", "model": svc.model_id, "content": [],
                     "stop_reason": None, "stop_sequence": None,
-                    "usage": {"input_tokens": counter.prompt_tokens, "output_tokens": 0,
+                    "usage": {"input_tokens": len(prompt.tokens), "output_tokens": 0,
                               "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}}))
                 out.append(event("ping", {"type": "ping"}))
             for ev in merged(step.events):
