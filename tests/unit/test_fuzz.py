@@ -29,6 +29,14 @@ MAX_NEW_TOKENS = 2
 N_CTX = 2048  # tests/conftest.py: both models' slots
 GENERATING = ("/v1/chat/completions", "/v1/completions")
 MODEL_POSTS = (*GENERATING, "/v1/embeddings")
+# The other families' model routes, fuzzed with fewer examples each (the suite's time): their token limits
+# (TOKEN_LIMITS) are bounded as GENERATING's are.
+FAMILY_POSTS = ("/v1/messages", "/v1/messages/count_tokens", "/v1/responses", "/api/chat", "/api/generate",
+                "/api/embed", "/v1/tokenize", "/v1/detokenize", "/v1/apply-template", "/v1/rerank")
+FAMILY_EXAMPLES = 12
+TOKEN_LIMITS = {"/v1/chat/completions": ("max_completion_tokens", "max_tokens"), "/v1/completions": ("max_tokens",),
+                "/v1/messages": ("max_tokens",), "/v1/responses": ("max_output_tokens",)}
+OLLAMA_GENERATING = ("/api/chat", "/api/generate")
 # Read-only operations that need no model named (GET, by HTTP's rules), fuzzed in positive mode only.
 READS = ("/health", "/v1/stats", "/v1/models", "/v1/models/{model_id}", "/v1/models/pull",
          "/v1/models/pull/{job_id}", "/v1/store/models", "/v1/catalog")
@@ -42,8 +50,10 @@ def body_schema(raw: dict[str, Any], path: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def fuzz_schema(api_url: str) -> Any:
     raw = httpx.get(api_url + "/openapi.json", timeout=30).json()
-    for path in MODEL_POSTS:
-        body_schema(raw, path)["properties"]["model"] = {"type": "string", "enum": [GEMMA, SMOL]}
+    for path in (*MODEL_POSTS, *FAMILY_POSTS):
+        props = body_schema(raw, path)["properties"]
+        if "model" in props:
+            props["model"] = {"type": "string", "enum": [GEMMA, SMOL]}
     chat = body_schema(raw, "/v1/chat/completions")["properties"]
     chat["tool_choice"] = {"anyOf": [{"enum": ["auto", "none", "required"]}, {"type": "null"}]}
     message = chat["messages"]["items"]
@@ -66,12 +76,24 @@ def test_the_post_routes_document_their_request_bodies(api_url):
 def bounded(case: Any) -> None:
     """A token limit the context could hold (or none: the rest of it) becomes MAX_NEW_TOKENS; one past the
     context is kept, to be refused."""
-    body = case.body
-    if case.operation.path not in GENERATING or not isinstance(body, dict):
+    body, path = case.body, case.operation.path
+    if not isinstance(body, dict):
         return
-    if body.get("max_completion_tokens") is None and body.get("max_tokens") is None:
-        body["max_tokens"] = MAX_NEW_TOKENS
-    for k in ("max_completion_tokens", "max_tokens"):
+    if path in OLLAMA_GENERATING:  # Ollama's limit is options.num_predict (unset or -1: the rest of the context)
+        options = body.get("options")
+        if options is None:
+            body["options"] = options = {}
+        if isinstance(options, dict):
+            v = options.get("num_predict")
+            if v is None or (type(v) is int and v <= N_CTX):
+                options["num_predict"] = MAX_NEW_TOKENS
+        return
+    keys = TOKEN_LIMITS.get(path)
+    if keys is None:
+        return
+    if all(body.get(k) is None for k in keys):
+        body[keys[-1]] = MAX_NEW_TOKENS
+    for k in keys:
         v = body.get(k)
         if type(v) is int and 0 < v <= N_CTX:
             body[k] = min(v, MAX_NEW_TOKENS)
@@ -88,11 +110,11 @@ def server_error(case: Any, url: str) -> str | None:
     return None
 
 
-def fuzz(operation: Any, url: str, mode: schemathesis.GenerationMode) -> list[str]:
-    """Up to MAX_EXAMPLES derandomized cases of ``operation``; the 5xx answers (each with its curl command)."""
+def fuzz(operation: Any, url: str, mode: schemathesis.GenerationMode, examples: int = MAX_EXAMPLES) -> list[str]:
+    """Up to ``examples`` derandomized cases of ``operation``; the 5xx answers (each with its curl command)."""
     failures: list[str] = []
 
-    @settings(max_examples=MAX_EXAMPLES, derandomize=True, database=None, deadline=None,
+    @settings(max_examples=examples, derandomize=True, database=None, deadline=None,
               phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
@@ -126,4 +148,17 @@ def test_no_read_gets_a_server_error(fuzz_schema, api_url):
     for path in READS:
         assert ("GET", path) in ops, f"GET {path} is not in the served schema any more: update READS"
         failures += fuzz(fuzz_schema[path]["GET"], api_url, schemathesis.GenerationMode.POSITIVE)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("path", FAMILY_POSTS)
+def test_no_request_to_another_family_gets_a_server_error(fuzz_schema, api_url, path):
+    """The Messages, Responses, Ollama, tokenizer and rerank routes: boundary and invalid values, then a few
+    derandomized bodies of each kind."""
+    operation = fuzz_schema[path]["POST"]
+    cases = fuzz_schema.iter_coverage_cases(operation, generation_modes=list(MODES),
+                                            generation_config=fuzz_schema.config.generation_for(operation=operation))
+    failures = [f for f in (server_error(case, api_url) for case in cases) if f]
+    for mode in MODES:
+        failures += fuzz(operation, api_url, mode, FAMILY_EXAMPLES)
     assert not failures, "\n".join(failures)
