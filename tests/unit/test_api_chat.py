@@ -147,3 +147,26 @@ def test_a_forced_call_cut_by_the_token_limit_is_length_and_never_content(client
         assert [f.function.name for f in frags if f.function.name] == [c.function.name for c in calls]
         assert "".join(f.function.arguments or "" for f in frags) == "".join(c.function.arguments for c in calls)
     assert named >= 2  # the longer limits get past the name
+
+
+def test_a_named_tool_choice_returns_arguments_that_validate(client):
+    """tool_choice naming one of two functions: that function is called (grammar-constrained), with arguments
+    valid against its schema, streamed and not; parallel_tool_calls false: one call."""
+    import jsonschema
+
+    tools = WEATHER + [{"type": "function", "function": {
+        "name": "get_time", "description": "The local time in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                                        "hours24": {"type": "boolean"}},
+                       "required": ["city", "hours24"]}}}]
+    kw = {"model": SMOL, "temperature": 0, "max_tokens": 48, "tools": tools, "parallel_tool_calls": False,
+          "tool_choice": {"type": "function", "function": {"name": "get_time"}},
+          "messages": [{"role": "user", "content": "What time is it in Tokyo?"}]}
+    r = client.chat.completions.create(**kw)
+    calls = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls" and len(calls) == 1 and calls[0].function.name == "get_time"
+    jsonschema.validate(json.loads(calls[0].function.arguments), tools[1]["function"]["parameters"])
+    frags = [f for c in client.chat.completions.create(**kw, stream=True) if c.choices
+             for f in c.choices[0].delta.tool_calls or []]
+    assert [f.function.name for f in frags if f.function.name] == ["get_time"]
+    assert json.loads("".join(f.function.arguments or "" for f in frags)) == json.loads(calls[0].function.arguments)
