@@ -170,3 +170,17 @@ def test_a_named_tool_choice_returns_arguments_that_validate(client):
              for f in c.choices[0].delta.tool_calls or []]
     assert [f.function.name for f in frags if f.function.name] == ["get_time"]
     assert json.loads("".join(f.function.arguments or "" for f in frags)) == json.loads(calls[0].function.arguments)
+
+
+def test_continue_final_message_needs_an_assistant_message_to_continue(client):
+    import openai
+    import pytest
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=SMOL, max_tokens=4, messages=[{"role": "user", "content": "hi"}],
+                                       extra_body={"continue_final_message": True})
+    assert e.value.body["param"] == "messages" and "continue_final_message" in e.value.body["message"]
+    r = client.chat.completions.create(model=SMOL, max_tokens=4, temperature=0, messages=[
+        {"role": "user", "content": "Count to five."}, {"role": "assistant", "content": "1, 2,"}],
+        extra_body={"continue_final_message": True})
+    assert r.choices[0].message.content and not r.choices[0].message.content.startswith("1, 2,")

@@ -384,3 +384,23 @@ def test_keys_on_wrong_key_is_authentication_error_and_x_api_key_works(keyed_url
     r = httpx.post(keyed_url + "/v1/messages/count_tokens", json={"model": SMOL, "messages": ASK},
                    headers={"x-api-key": "s3cret", "anthropic-version": "2023-06-01"})
     assert r.status_code == 200 and r.json()["input_tokens"] > 0
+
+
+def test_an_assistant_prefill_is_continued(api_url, services):
+    """Anthropic's prefill: a last assistant message is the start of the answer; the prompt ends with it (no end
+    of turn, no new turn after it), the model goes on from it and the answer holds only what follows."""
+    from kronk.api.chat.prompt import prepare_chat
+
+    msgs = [{"role": "user", "content": "List three colors as a JSON array."}]
+    prefill = '["red", "'
+    req = MessagesRequest.model_validate({"model": SMOL, "max_tokens": 8, "messages": [
+        *msgs, {"role": "assistant", "content": prefill}]})
+    assert req.chat.continue_final_message
+    svc = services[SMOL]
+    prompt = prepare_chat(svc, req.chat)
+    assert svc.engine.model.detokenize(prompt.tokens).endswith(prefill)
+    r = httpx.post(api_url + "/v1/messages", timeout=120, json={
+        "model": SMOL, "max_tokens": 8, "temperature": 0,
+        "messages": [*msgs, {"role": "assistant", "content": prefill}]}).json()
+    assert r["content"][0]["text"] and not r["content"][0]["text"].startswith(prefill), r
+    assert r["usage"]["input_tokens"] + r["usage"]["cache_read_input_tokens"] == len(prompt.tokens)

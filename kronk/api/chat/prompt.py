@@ -61,16 +61,31 @@ def chat_messages(svc: ModelService, req: ChatCompletionRequest) -> list[dict[st
 
 
 def render_chat(svc: ModelService, messages: list[dict[str, Any]], tools: list[dict] | None,
-                kwargs: dict[str, Any]) -> str:
+                kwargs: dict[str, Any], continue_final: bool = False) -> str:
     """The chat template over client data: whatever it cannot render (a value of a type it does not expect, in
-    chat_template_kwargs or the messages) is the client's 400, never a 500."""
+    chat_template_kwargs or the messages) is the client's 400, never a 500. ``continue_final``: the last message
+    is an assistant message the model goes on writing (a prefill): the text ends where that message's content
+    does, without the template's end of turn."""
     try:
-        return svc.engine.apply_chat_template(messages, tools=tools, add_generation_prompt=True, **kwargs)
+        text = svc.engine.apply_chat_template(messages, tools=tools, add_generation_prompt=not continue_final,
+                                              **kwargs)
     except KronkError:
         raise
     except Exception as e:
         raise InvalidRequest(f"the model's chat template could not render this request ({type(e).__name__}: "
                              f"{str(e)[:200]})", param="chat_template_kwargs" if kwargs else "messages") from e
+    return continued(text, messages[-1]["content"]) if continue_final else text
+
+
+def continued(text: str, final: str) -> str:
+    """``text`` cut right after the last occurrence of the final message's content (templates may strip its
+    trailing whitespace)."""
+    for needle in (final, final.rstrip()):
+        at = text.rfind(needle) if needle else -1
+        if at >= 0:
+            return text[:at + len(needle)]
+    raise InvalidRequest("the model's chat template does not render the final assistant message as it was sent, "
+                         "so it cannot be continued", param="messages")
 
 
 def chat_size(req: ChatCompletionRequest) -> int:
@@ -132,7 +147,11 @@ def prepare_chat(svc: ModelService, req: ChatCompletionRequest) -> ChatPrompt:
             if schema is None:
                 parser_name = "generic" if parser_name not in ("hermes",) else parser_name
     kwargs = template_kwargs(svc, req, forced=grammar is not None)
-    text = render_chat(svc, messages, template_tools, kwargs)
+    cont = req.continue_final_message
+    if cont and (messages[-1]["role"] != "assistant" or not messages[-1]["content"] or req.messages[-1].tool_calls):
+        raise InvalidRequest("continue_final_message needs a last assistant message with text content and no "
+                             "tool calls", param="messages")
+    text = render_chat(svc, messages, template_tools, kwargs, cont)
     tokens = engine.tokenize(text)
     n_ctx = svc.n_ctx
     if use_tools and choice == "auto" and n_ctx and len(tokens) + (req.token_limit or 1) > n_ctx:
@@ -141,7 +160,7 @@ def prepare_chat(svc: ModelService, req: ChatCompletionRequest) -> ChatPrompt:
         # tools rather than refuse the chat.
         log.warning("%s: %d tools do not fit the context; answering without them", svc.model_id, len(tools))
         use_tools, grammar = False, format_grammar(req.response_format)
-        text = render_chat(svc, chat_messages(svc, req), None, kwargs)
+        text = render_chat(svc, chat_messages(svc, req), None, kwargs, cont)
         tokens = engine.tokenize(text)
     if n_ctx and len(tokens) >= n_ctx:
         raise ContextLengthExceeded(len(tokens), n_ctx)

@@ -79,6 +79,9 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # vLLM's name: the last (assistant) message is a prefill the model goes on writing; the answer is what follows
+    continue_final_message: bool = Field(default=False, description="The last message is an assistant message "
+                                         "the model continues (a prefill); the answer holds only what follows.")
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     chat_template_kwargs: dict[str, Any] | None = Field(
         default=None, json_schema_extra={"propertyNames": {"not": {"enum": sorted(RESERVED_TEMPLATE_KWARGS)}}})

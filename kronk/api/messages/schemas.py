@@ -283,6 +283,9 @@ class Conversation(ModelRequest):
     def chat_fields(self) -> dict[str, Any]:
         """The chat request's fields for this conversation."""
         fields: dict[str, Any] = {"model": self.model, "messages": chat_messages(self.system, self.messages)}
+        last = fields["messages"][-1]
+        if last["role"] == "assistant" and last.get("content") and not last.get("tool_calls"):
+            fields["continue_final_message"] = True  # Anthropic's prefill: the model goes on from it
         if self.keep_alive is not None:
             fields["keep_alive"] = self.keep_alive
         if self.tools:
