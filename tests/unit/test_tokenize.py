@@ -128,9 +128,14 @@ def test_refusals(urls, services):
     error(post(main, "/v1/tokenize", {"model": SMOL, "prompt": "x", "content": "y"}))
     error(post(main, "/v1/tokenize", {"model": SMOL}))
     error(post(main, "/v1/tokenize", {"model": SMOL, "prompt": "x", "add_special": True, "add_special_tokens": False}))
+    # MESSAGES ends with the user's: nothing to continue; and no turn left unopened otherwise
     for flag in ({"add_generation_prompt": False}, {"continue_final_message": True}):
         error(post(main, "/v1/apply-template", {"model": SMOL, "messages": MESSAGES, **flag}))
         error(post(main, "/v1/tokenize", {"model": SMOL, "messages": MESSAGES, **flag}))
+    prefill = [*MESSAGES, {"role": "assistant", "content": "The answer is"}]
+    r = post(main, "/v1/apply-template", {"model": SMOL, "messages": prefill, "continue_final_message": True,
+                                          "add_generation_prompt": False})
+    assert r.status_code == 200 and r.json()["prompt"].endswith("The answer is"), r.text
     error(post(main, "/v1/apply-template", {"model": SMOL, "messages": []}))
     # the answer's size: at most max_embedding_tokens tokens in or out
     e = error(post(tight, "/v1/tokenize", {"model": SMOL, "prompt": "cat " * 100}))

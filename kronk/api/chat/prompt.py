@@ -27,6 +27,7 @@ class ChatPrompt:
     parser: OutputParser
     grammar: str | None
     forced_call: bool = False  # tool_choice required / named: the grammar makes the whole answer a call
+    text: str = ""  # the rendered prompt the tokens are of
 
 
 def chat_messages(svc: ModelService, req: ChatCompletionRequest) -> list[dict[str, Any]]:
@@ -115,8 +116,9 @@ def template_kwargs(svc: ModelService, req: ChatCompletionRequest, forced: bool)
     return kwargs
 
 
-def prepare_chat(svc: ModelService, req: ChatCompletionRequest) -> ChatPrompt:
-    """Render the chat template and tokenize, once (blocking: run it off the event loop)."""
+def prepare_chat(svc: ModelService, req: ChatCompletionRequest, fit: bool = True) -> ChatPrompt:
+    """Render the chat template and tokenize, once (blocking: run it off the event loop). ``fit=False``: the
+    prompt even when the context cannot hold it (``/v1/apply-template`` shows it; nothing generates from it)."""
     engine = svc.engine
     messages = chat_messages(svc, req)
     tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
@@ -162,6 +164,8 @@ def prepare_chat(svc: ModelService, req: ChatCompletionRequest) -> ChatPrompt:
         use_tools, grammar = False, format_grammar(req.response_format)
         text = render_chat(svc, chat_messages(svc, req), None, kwargs, cont)
         tokens = engine.tokenize(text)
+    if not fit:
+        n_ctx = 0
     if n_ctx and len(tokens) >= n_ctx:
         raise ContextLengthExceeded(len(tokens), n_ctx)
     check_completion_fits(len(tokens), n_ctx, req.token_limit, prompt_part="the messages",
@@ -169,4 +173,4 @@ def prepare_chat(svc: ModelService, req: ChatCompletionRequest) -> ChatPrompt:
     parser = output_parser(parser_name, tools if use_tools else None, reasoning=svc.reasoning,
                            starts_in_reasoning=svc.reasoning and text.rstrip().endswith("<think>"),
                            parallel_tool_calls=req.parallel_tool_calls)
-    return ChatPrompt(tokens, parser, grammar, forced_call=forced and use_tools)
+    return ChatPrompt(tokens, parser, grammar, forced_call=forced and use_tools, text=text)

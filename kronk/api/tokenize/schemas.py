@@ -61,17 +61,20 @@ class TokenizeRequest(TokenBudget):
 class ApplyTemplateRequest(ChatCompletionRequest):
     """A chat request, rendered as chat completions renders it (every field that shapes the prompt: messages,
     tools, tool_choice, chat_template_kwargs, reasoning_effort, enable_thinking, response_format); the sampling
-    fields are validated as there and ignored. The prompt always ends with the assistant's turn opened."""
+    fields are validated as there and ignored. The prompt ends with the assistant's turn opened, or with
+    ``continue_final_message`` at the end of the last (assistant) message's content, as chat completions renders
+    a prefill."""
 
-    add_generation_prompt: bool = Field(default=True, description="Only true: chat completions opens the "
-                                        "assistant's turn.")
-    continue_final_message: bool = Field(default=False, description="Only false (see add_generation_prompt).")
+    add_generation_prompt: bool = Field(default=True, description="Only true, or false with "
+                                        "continue_final_message: chat completions opens the assistant's turn or "
+                                        "continues the last one.")
 
     @model_validator(mode="after")
     def _generation_prompt(self) -> ApplyTemplateRequest:
-        if not self.add_generation_prompt or self.continue_final_message:
-            raise ValueError("the prompt is rendered as chat completions renders it, with the assistant's turn "
-                             "opened: add_generation_prompt false and continue_final_message are not supported")
+        if not self.add_generation_prompt and not self.continue_final_message:
+            raise ValueError("the prompt is rendered as chat completions renders it: the assistant's turn opened, "
+                             "or the last assistant message continued (continue_final_message); "
+                             "add_generation_prompt false alone is not supported")
         return self
 
 

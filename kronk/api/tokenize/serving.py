@@ -2,10 +2,8 @@
 slot.
 
 A chat prompt (``messages``) is rendered by chat completions' own preparation (kronk/api/chat/prompt.py:
-``prepare_chat``, which renders with ``chat_messages`` and ``render_chat``), run over the model's engine with a
-recorder in front of it that keeps the text the chat template rendered last and its tokens: the prompt chat
-completions would prefill, tools and template arguments included, whatever that preparation decides. A prompt
-longer than the model's context is still answered (its preparation refuses it only after rendering it).
+``prepare_chat``): the prompt chat completions would prefill, tools and template arguments included, whatever that
+preparation decides. A prompt longer than the model's context is still answered (``fit=False``).
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from kronk.api.chat.prompt import chat_size, prepare_chat
 from kronk.api.tokenize.schemas import ApplyTemplateRequest, DetokenizeRequest, TokenizeChatRequest, TokenizeRequest
-from kronk.errors import ContextLengthExceeded, InvalidRequest
+from kronk.errors import InvalidRequest
 from kronk.serving.call import RequestContext
 from kronk.serving.items import Item
 from kronk.telemetry.generation import GenerationObserver
@@ -24,51 +22,11 @@ if TYPE_CHECKING:
     from kronk.serving.service import ModelService
 
 
-class _Recorder:
-    """The model's engine as chat preparation sees it, keeping the last prompt its template rendered and the
-    tokens of the text tokenized last."""
-
-    def __init__(self, engine: Any):
-        self._engine = engine
-        self.text: str | None = None
-        self.tokens: list[int] | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def apply_chat_template(self, *args: Any, **kwargs: Any) -> str:
-        self.text, self.tokens = self._engine.apply_chat_template(*args, **kwargs), None
-        return self.text
-
-    def tokenize(self, text: str, *args: Any, **kwargs: Any) -> list[int]:
-        tokens = self._engine.tokenize(text, *args, **kwargs)
-        if text == self.text:
-            self.tokens = tokens
-        return tokens
-
-
-class _Preparing:
-    """A model's service with the recorder as its engine (everything else is the service's own)."""
-
-    def __init__(self, svc: ModelService, engine: _Recorder):
-        self._svc = svc
-        self.engine = engine
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._svc, name)
-
-
 def chat_prompt(svc: ModelService, req: ApplyTemplateRequest) -> tuple[str, list[int]]:
-    """The text and tokens chat completions prefills for ``req`` (blocking: run it off the event loop)."""
-    rec = _Recorder(svc.engine)
-    try:
-        tokens = prepare_chat(_Preparing(svc, rec), req).tokens  # type: ignore[arg-type]
-    except ContextLengthExceeded:  # refused for the context after rendering: the prompt is still the answer
-        if rec.text is None or rec.tokens is None:
-            raise
-        tokens = rec.tokens
-    assert rec.text is not None
-    return rec.text, tokens
+    """The text and tokens chat completions prefills for ``req``, even one the context cannot hold (blocking:
+    run it off the event loop)."""
+    prompt = prepare_chat(svc, req, fit=False)
+    return prompt.text, prompt.tokens
 
 
 def _pieces(svc: ModelService, tokens: list[int]) -> list[dict[str, Any]]:
