@@ -209,7 +209,7 @@ def test_a_pull_survives_leaving_and_reloading_the_page_and_completes(server, pa
     model = pg.locator(f"article.model[data-model='{MODEL}']")
     model.wait_for()
     text = model.inner_text()
-    assert "Q4_1" in text and "MiB" in text and "f16" in text
+    assert "Q4_1" in text and "93.8 MiB" in text and "auto (chosen at load)" in text  # KV type: set at load
     assert model.locator("button.delete").count() == 1 and model.locator("button.load").count() == 1
     watch.check()
 
@@ -246,6 +246,31 @@ def test_a_chat_turn_streams_and_shows_ttft_and_cached_tokens(server, page):
     pg.reload()
     pg.wait_for_selector("main[data-page=chat] .msg.assistant [data-role=ttft]")
     assert pg.locator(".msg.user").count() == 2
+    watch.check()
+
+
+MARKDOWN_PROBE = """
+async () => {
+  const {markdown} = await import("/ui/md.js");
+  const div = document.createElement("div");
+  div.append(markdown("Hi <img src=x onerror=alert(1)> **bold** _it_ `a<b>`\\n\\n```py\\nprint('<b>x</b>')\\n```\\n\\n"
+    + "- one\\n- [ok](https://example.com/a)\\n- [bad](javascript:alert(1))"));
+  return {imgs: div.querySelectorAll("img,script,[onerror]").length, strong: div.querySelectorAll("strong").length,
+    em: div.querySelectorAll("em").length, code: div.querySelector("pre code").textContent,
+    items: div.querySelectorAll("li").length, links: [...div.querySelectorAll("a")].map((a) => [a.href, a.rel]),
+    text: div.textContent};
+}
+"""
+
+
+def test_model_text_is_rendered_as_markdown_never_as_html(page):
+    pg, watch = page
+    got = pg.evaluate(MARKDOWN_PROBE)
+    assert got["imgs"] == 0 and "<img src=x onerror=alert(1)>" in got["text"]  # shown as text
+    assert got["strong"] == 1 and got["em"] == 1 and got["items"] == 3
+    assert got["code"] == "print('<b>x</b>')"
+    assert got["links"] == [["https://example.com/a", "noopener noreferrer nofollow"]]
+    assert "[bad](javascript:alert(1))" in got["text"]
     watch.check()
 
 
@@ -364,7 +389,22 @@ def test_with_keys_a_wrong_key_is_refused_and_a_non_admin_key_sees_no_admin_acti
         pg.click("#key-forget")
         pg.fill("#key-input", admin_key)
         pg.click("#key-submit")
-        pg.wait_for_selector(f"main[data-page=models] article.model[data-model='{MODEL}'] button.delete")
+        card = pg.locator(f"main[data-page=models] article.model[data-model='{MODEL}']")
+        card.locator("button.delete").wait_for()
+        # an admin unloads the pool model (the state stream updates the card), then deletes it, after a "no"
+        if card.get_attribute("data-state") == "loaded":
+            card.locator("button.unload").click()
+            card.locator("button.load").wait_for()
+        card.locator("button.delete").click()
+        pg.click("#confirm-cancel")
+        assert not pg.is_visible("#confirm") and card.count() == 1
+        card.locator("button.delete").click()
+        assert MODEL in pg.inner_text("#confirm-text")
+        pg.click("#confirm-ok")
+        until(lambda: card.count() == 0, 30, "the deleted model to leave the page")
+        store_names = [m["name"] for m in httpx.get(url + "/v1/store/models", timeout=30,
+                                                    headers={"Authorization": f"Bearer {admin_key}"}).json()["data"]]
+        assert MODEL not in store_names
         watch.check()
     finally:
         ctx.close()

@@ -14,7 +14,9 @@ function niceMax(v) {
 }
 
 function tickFmt(maxY) {
-  return (v) => v.toFixed(maxY >= 10 ? 0 : maxY >= 1 ? 1 : 2);
+  const step = maxY / 4;
+  const digits = Number.isInteger(step) ? 0 : step >= 1 ? 1 : 2;
+  return (v) => v.toFixed(digits);
 }
 
 function frame(title, maxY, points) {

@@ -153,7 +153,7 @@ export async function mount(view, ctx) {
     const body = el.querySelector(".body");
     el.classList.add("streaming");
     const messages = [...(chat.system ? [{role: "system", content: chat.system}] : []),
-      ...chat.messages.slice(0, -1).filter((m) => !m.error || m.content).map((m) => ({role: m.role, content: m.content}))];
+      ...chat.messages.slice(0, -1).filter((m) => m.content).map((m) => ({role: m.role, content: m.content}))];
     running = new AbortController();
     sendBtn.hidden = true;
     stopBtn.hidden = false;

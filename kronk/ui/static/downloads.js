@@ -57,7 +57,8 @@ export async function mount(view, ctx) {
       h("progress", {max: 100, value: job.status === "succeeded" ? 100 : pct, "aria-label": "progress"}),
       h("div", {class: "job-facts"},
         h("span", {"data-role": "bytes", "data-done": String(done), "data-total": String(total)},
-          `${bytes(done)} of ${total ? bytes(total) : "?"}`, total ? ` (${pct.toFixed(1)}%)` : ""),
+          total || done || active ? [`${bytes(done)} of ${total ? bytes(total) : "?"}`, total ? ` (${pct.toFixed(1)}%)` : ""]
+            : ""),
         active ? h("span", {"data-role": "rate"}, `${bytes(job.rate_bps || 0)}/s`) : null,
         active ? h("span", {"data-role": "eta"}, `ETA ${duration(job.eta_s)}`) : null,
         job.file && active ? h("span", {class: "muted small"}, job.file) : null,

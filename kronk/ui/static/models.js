@@ -57,7 +57,8 @@ export async function mount(view, ctx) {
     const settings = (card.loaded_on || []).map((x) => x.settings || {}).find((x) => x) || {};
     const ctxLen = settings.ctx_size || (stat && stat.stats && stat.stats.n_ctx_slot) || card.context_length
       || (manifest && manifest.context_length) || (entry && entry.context_length);
-    const kv = settings.kv_cache_type || (manifest && manifest.kv_cache_type) || (entry && entry.kv_cache_type) || "f16";
+    const kv = settings.kv_cache_type || (manifest && manifest.kv_cache_type) || (entry && entry.kv_cache_type)
+      || "auto (chosen at load)";
     const n = replicasOf(r);
     const pool = !card.pinned && card.served;
     const id = card.id;

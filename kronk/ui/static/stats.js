@@ -41,7 +41,7 @@ export async function mount(view, ctx) {
         tile("errors", String(req.errors ?? 0), "errors"),
         tile("TTFT p50", ttft.count ? `${Math.round(ttft.p50 * 1000)} ms` : "–", "ttft-p50"),
         tile("TTFT p95", ttft.count ? `${Math.round(ttft.p95 * 1000)} ms` : "–", "ttft-p95"),
-        tile("prefix reuse", a.prefix_cache_reuse_ratio !== undefined ? `${num(100 * a.prefix_cache_reuse_ratio, 1)} %` : "–", "reuse"),
+        tile("prefix reuse", a.prefix_cache_reuse_ratio != null ? `${num(100 * a.prefix_cache_reuse_ratio, 1)} %` : "–", "reuse"),
         tile("KV cache", kv.cells_total ? `${num(100 * (kv.usage || 0), 1)} %` : "–", "kv"),
         tile("tokens in / out", `${tokens.prompt ?? 0} / ${tokens.completion ?? 0}`, "tokens"),
         tile("active / waiting", `${a.active ?? 0} / ${a.waiting ?? 0}`, "active")),
@@ -74,7 +74,7 @@ export async function mount(view, ctx) {
       const ttft = a.ttft_s || {};
       hist.push({t, ttft50: ttft.count ? ttft.p50 * 1000 : NaN, ttft95: ttft.count ? ttft.p95 * 1000 : NaN,
         kv: a.kv && a.kv.cells_total ? 100 * (a.kv.usage || 0) : NaN,
-        reuse: a.prefix_cache_reuse_ratio !== undefined ? 100 * a.prefix_cache_reuse_ratio : NaN,
+        reuse: a.prefix_cache_reuse_ratio != null ? 100 * a.prefix_cache_reuse_ratio : NaN,
         requests: requestsOf(a)});
       history.set(m, hist.slice(-KEEP));
     }
