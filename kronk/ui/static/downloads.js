@@ -54,11 +54,12 @@ export async function mount(view, ctx) {
           : null,
         job.status === "succeeded" ? h("a", {class: "button ghost", href: `#/chat?model=${encodeURIComponent(job.model)}`},
           "Chat") : null),
-      h("progress", {max: 100, value: job.status === "succeeded" ? 100 : pct, "aria-label": "progress"}),
+      total || active ? h("progress", {max: 100, value: job.status === "succeeded" ? 100 : pct, "aria-label": "progress"})
+        : null,
       h("div", {class: "job-facts"},
         h("span", {"data-role": "bytes", "data-done": String(done), "data-total": String(total)},
           total || done || active ? [`${bytes(done)} of ${total ? bytes(total) : "?"}`, total ? ` (${pct.toFixed(1)}%)` : ""]
-            : ""),
+            : null),
         active ? h("span", {"data-role": "rate"}, `${bytes(job.rate_bps || 0)}/s`) : null,
         active ? h("span", {"data-role": "eta"}, `ETA ${duration(job.eta_s)}`) : null,
         job.file && active ? h("span", {class: "muted small"}, job.file) : null,
