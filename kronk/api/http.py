@@ -169,6 +169,7 @@ async def handle(request: Request, endpoint: Endpoint, schema: type[BaseModel],
             set_model(request, model)  # label this request's metrics, 4xx included, with a served model
         req = schema.model_validate(body, context={"limits": limits_of(request)})
         await check_model(backend, req.model)  # type: ignore[attr-defined]
+        set_model(request, req.model)  # type: ignore[attr-defined]  # a pool model the check let through, too
         if sp is not None:
             sp.set_attributes({"kronk.model": req.model, "kronk.stream": bool(body.get("stream"))})  # type: ignore[attr-defined]
     return await respond(backend.stream(Call(endpoint, req, context_of(request))), request)

@@ -154,7 +154,7 @@ def test_a_named_tool_choice_returns_arguments_that_validate(client):
     valid against its schema, streamed and not; parallel_tool_calls false: one call."""
     import jsonschema
 
-    tools = WEATHER + [{"type": "function", "function": {
+    tools = [*WEATHER, {"type": "function", "function": {
         "name": "get_time", "description": "The local time in a city",
         "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
                                                         "hours24": {"type": "boolean"}},
