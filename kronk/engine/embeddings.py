@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator
 
 import llama_cpp
 
@@ -29,6 +30,38 @@ UBATCH = 512
 _SPLITTABLE = (llama_cpp.LLAMA_POOLING_TYPE_MEAN, llama_cpp.LLAMA_POOLING_TYPE_CLS,
                llama_cpp.LLAMA_POOLING_TYPE_LAST)
 
+
+
+def pooled_decodes(ctx: object, batch: object, group: list[list[int]], ubatch: int,
+                   what: str) -> Iterator[list[tuple[int, int, bool]]]:
+    """Decode ``group``'s token lists (each its own sequence, from position 0, on a cleared memory), in
+    micro-batches of at most ``ubatch`` tokens; after each decode, yield the parts it held:
+    ``(sequence, how many of its tokens, whether its last token was among them)``. ``what``: the error's word
+    for the work (embedding, reranking)."""
+    b = batch
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+    seq_id, pos = 0, 0  # the next token to compute
+    while seq_id < len(group):
+        parts: list[tuple[int, int, bool]] = []
+        n = 0
+        while seq_id < len(group) and n < ubatch:
+            toks = group[seq_id]
+            take = min(ubatch - n, len(toks) - pos)
+            for k in range(take):
+                b.token[n], b.pos[n], b.n_seq_id[n] = toks[pos + k], pos + k, 1
+                b.seq_id[n][0] = seq_id
+                b.logits[n] = True  # llama.cpp outputs every token of a pooled batch
+                n += 1
+            pos += take
+            ended = pos == len(toks)
+            parts.append((seq_id, take, ended))
+            if ended:
+                seq_id, pos = seq_id + 1, 0
+        b.n_tokens = n
+        rc = llama_cpp.llama_decode(ctx, b)
+        if rc != 0:
+            raise EngineError(f"llama_decode failed while {what} ({rc})")
+        yield parts
 
 class EmbeddingRunner:
     """Runs embedding batches; thread-safe (one batch at a time)."""
@@ -114,31 +147,10 @@ class EmbeddingRunner:
     def _run(self, group: list[list[int]], normalize: bool) -> list[list[float]]:
         """The group's tokens, sequence after sequence, in micro-batches of at most n_ubatch tokens; each
         micro-batch's pooled vector of each sequence part it holds is combined into that sequence's."""
-        b, ub = self.batch, self.n_ubatch
         dim = llama_cpp.llama_model_n_embd_out(self.model.ptr) or self.model.n_embd
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
         acc: list[list[float] | None] = [None] * len(group)
-        seq_id, pos = 0, 0  # the next token to compute
-        while seq_id < len(group):
-            parts: list[tuple[int, int]] = []  # (sequence, tokens of it in this micro-batch)
-            n = 0
-            while seq_id < len(group) and n < ub:
-                toks = group[seq_id]
-                take = min(ub - n, len(toks) - pos)
-                for k in range(take):
-                    b.token[n], b.pos[n], b.n_seq_id[n] = toks[pos + k], pos + k, 1
-                    b.seq_id[n][0] = seq_id
-                    b.logits[n] = True  # llama.cpp outputs every token of a pooled batch
-                    n += 1
-                parts.append((seq_id, take))
-                pos += take
-                if pos == len(toks):
-                    seq_id, pos = seq_id + 1, 0
-            b.n_tokens = n
-            rc = llama_cpp.llama_decode(self.ctx, b)
-            if rc != 0:
-                raise EngineError(f"llama_decode failed while embedding ({rc})")
-            for s, take in parts:
+        for parts in pooled_decodes(self.ctx, self.batch, group, self.n_ubatch, "embedding"):
+            for s, take, _ in parts:
                 ptr = llama_cpp.llama_get_embeddings_seq(self.ctx, s)
                 if not ptr:
                     raise EngineError("the model produced no pooled embedding")

@@ -29,7 +29,7 @@ import threading
 
 import llama_cpp
 
-from kronk.engine.embeddings import MAX_SEQS, UBATCH
+from kronk.engine.embeddings import MAX_SEQS, UBATCH, pooled_decodes
 from kronk.engine.model import LlamaModel
 from kronk.errors import EngineError, InvalidRequest
 
@@ -140,30 +140,11 @@ class RerankRunner:
     def _run(self, group: list[list[int]]) -> list[float]:
         """The group's tokens, pair after pair, in micro-batches of at most n_ubatch tokens; a pair's score comes
         from the micro-batch that holds its last token."""
-        b, ub = self.batch, self.n_ubatch
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
         out: list[float | None] = [None] * len(group)
-        seq_id, pos = 0, 0  # the next token to compute
-        while seq_id < len(group):
-            ended: list[int] = []  # the pairs whose last token is in this micro-batch
-            n = 0
-            while seq_id < len(group) and n < ub:
-                toks = group[seq_id]
-                take = min(ub - n, len(toks) - pos)
-                for k in range(take):
-                    b.token[n], b.pos[n], b.n_seq_id[n] = toks[pos + k], pos + k, 1
-                    b.seq_id[n][0] = seq_id
-                    b.logits[n] = True  # llama.cpp outputs every token of a pooled batch
-                    n += 1
-                pos += take
-                if pos == len(toks):
-                    ended.append(seq_id)
-                    seq_id, pos = seq_id + 1, 0
-            b.n_tokens = n
-            rc = llama_cpp.llama_decode(self.ctx, b)
-            if rc != 0:
-                raise EngineError(f"llama_decode failed while reranking ({rc})")
-            for s in ended:
+        for parts in pooled_decodes(self.ctx, self.batch, group, self.n_ubatch, "reranking"):
+            for s, _, ended in parts:
+                if not ended:
+                    continue
                 ptr = llama_cpp.llama_get_embeddings_seq(self.ctx, s)
                 if not ptr:
                     raise EngineError("the model produced no rank score")
