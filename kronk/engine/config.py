@@ -8,7 +8,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kronk.errors import EngineError
-from kronk.settings import CatalogDefaults, FlashAttn, KVCacheType, ModelConfig, Settings, batching_problems
+from kronk.settings import (
+    CatalogDefaults,
+    FlashAttn,
+    KVCacheType,
+    ModelConfig,
+    Settings,
+    Speculative,
+    batching_problems,
+)
 
 # The micro-batch (llama.cpp's n_ubatch) when none is set: the largest block of tokens one graph computes.
 DEFAULT_UBATCH = 512
@@ -69,6 +77,13 @@ class EngineConfig(BaseModel):
     max_queued: int = _server("max_queued", ge=0)
     queue_timeout_s: float = _server("queue_timeout_s", ge=0)
     llama_log: bool = _server("llama_log")
+    speculative: Speculative = _server("speculative")
+    spec_ngram_min: int = _server("spec_ngram_min", ge=1, le=16)
+    spec_ngram_max: int = _server("spec_ngram_max", ge=1, le=16)
+    draft_max: int = _server("draft_max", ge=1, le=64)
+    draft_min: int = _server("draft_min", ge=0, le=64)
+    draft_model: str | None = Field(default=None, description="GGUF path of the draft model (speculative: draft): "
+                                    "a small model with the same vocabulary.")
 
     @property
     def n_ubatch(self) -> int:
@@ -91,6 +106,12 @@ class EngineConfig(BaseModel):
         if explicit and self.prefill_chunk > self.batch_size:
             problems.append(f"prefill_chunk {self.prefill_chunk} is more than batch_size {self.batch_size} (a "
                             "prompt chunk is one llama_decode); lower prefill_chunk or raise batch_size")
+        if self.spec_ngram_min > self.spec_ngram_max:
+            problems.append(f"spec_ngram_min {self.spec_ngram_min} is more than spec_ngram_max {self.spec_ngram_max}")
+        if self.draft_min > self.draft_max:
+            problems.append(f"draft_min {self.draft_min} is more than draft_max {self.draft_max}")
+        if self.speculative == "draft" and not self.draft_model:
+            problems.append("speculative is draft but no draft_model (a GGUF path) is set")
         if problems:
             raise EngineSettingsError(f"impossible engine settings for model {self.name}: " + "; ".join(problems),
                                       param="batch_size")

@@ -5,6 +5,13 @@ slot plus chunks of waiting prompts. A prompt's last token is always evaluated i
 a step of its own, as a single row, exactly like a generated token: so a request
 computes the same logits whether its prompt came from the cache, from a long
 batch or alone, and temperature-0 output does not depend on what else runs.
+
+Speculative decoding (``speculative``: ngram or draft; kronk/engine/speculative.py) adds, behind a generating
+slot's pending token, the tokens a drafter guesses come next: the one decode evaluates them all, the slot's
+sampler chain samples row after row, and each sampled token that equals the draft lets the next row's logits
+count too. Every token goes through the same per-token path (``_sample``) as without speculation; the KV of
+the rows after the first mismatch is dropped. Verify batches are kept within the rows whose logits llama.cpp
+computes exactly as for one row (``invariant_rows``), so the output is the same with speculation on and off.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from kronk.engine.protocol import Engine, EngineStats, GenerationChunk, Generati
 from kronk.engine.rerank import RerankRunner, is_reranker
 from kronk.engine.sampling import NoValidToken, SamplerChain
 from kronk.engine.slots import Job, Slot, SlotState
+from kronk.engine.speculative import DraftModel, NgramDraft, invariant_rows
 from kronk.engine.text import StopMatcher
 from kronk.errors import (
     ContextLengthExceeded,
@@ -71,6 +79,11 @@ class LlamaEngine(Engine):
 
         # counters
         self.n_requests = self.n_prompt = self.n_reused = self.n_completion = 0
+        self.n_drafted = self.n_accepted = 0  # speculative decoding: draft tokens verified, and accepted
+        self.speculative = "off"
+        self.spec_rows = 1  # the most rows a step's generation decode may hold (see _drafts)
+        self._ngram: dict[int, NgramDraft] = {}  # per slot, for its current job
+        self._drafter: DraftModel | None = None
         self.ctx = None
         self.slots: list[Slot] = []
         if self.embedding_only:
@@ -108,6 +121,7 @@ class LlamaEngine(Engine):
         self.prefill_grid = min(cfg.prefill_chunk, self.n_batch)
         self.slots = [Slot(i) for i in range(cfg.parallel)]
         self._kv_bytes_per_cell = self._estimate_kv_bytes_per_cell()
+        self._setup_speculation(type_k, type_v, flash)
 
         self._incoming: collections.deque[Job] = collections.deque()
         self._waiting: collections.deque[Job] = collections.deque()
@@ -176,6 +190,8 @@ class LlamaEngine(Engine):
             kv_bytes=int(total * getattr(self, "_kv_bytes_per_cell", 0)),
             prompt_tokens=self.n_prompt, prompt_tokens_reused=self.n_reused, completion_tokens=self.n_completion,
             requests=self.n_requests, slots=[s.describe() for s in self.slots],
+            speculative=self.speculative, spec_verify_rows=self.spec_rows,
+            spec_draft_tokens=self.n_drafted, spec_accepted_tokens=self.n_accepted,
         )
 
     def seq_state_bytes(self, slot_id: int) -> int:
@@ -191,6 +207,9 @@ class LlamaEngine(Engine):
             llama_cpp.llama_batch_free(self.batch)
             llama_cpp.llama_free(self.ctx)
             self.ctx = None
+        if self._drafter is not None:
+            self._drafter.close()
+            self._drafter = None
         self._embedder.close()
         if self._reranker is not None:
             self._reranker.close()
@@ -329,6 +348,8 @@ class LlamaEngine(Engine):
         del slot.cache[reuse:]
         slot.job, job.n_reused, job.started = job, reuse, time.perf_counter()
         slot.pending = job.prompt[reuse:]
+        if self.speculative == "ngram":  # a fresh index over this job's context (the slot's cache from here on)
+            self._ngram[slot.id] = NgramDraft(self.cfg.spec_ngram_min, self.cfg.spec_ngram_max)
         self._advance_prefill(slot)
         self.n_requests += 1
         self.n_prompt += len(job.prompt)
@@ -355,20 +376,31 @@ class LlamaEngine(Engine):
     def _step(self) -> None:
         gen = [s for s in self.slots if s.state is SlotState.GENERATING]
         if gen:
-            for n, s in enumerate(gen):
-                self._add(n, s.next_token, s.n_past, s.id, True)
+            # One row per generating slot (its pending token), followed by its draft when speculating: the
+            # rows of a slot sit at consecutive positions, all with logits.
+            drafts = self._drafts(gen) if self.speculative != "off" else {}
+            n = 0
+            for s in gen:
                 s.row = n
-            self._decode(len(gen))
+                self._add(n, s.next_token, s.n_past, s.id, True)
+                for i, t in enumerate(drafts.get(s.id, ())):
+                    self._add(n + 1 + i, t, s.n_past + 1 + i, s.id, True)
+                n += 1 + len(drafts.get(s.id, ()))
+            self._decode(n)
             for s in gen:  # sample now: the prompt decodes below overwrite the logits
+                draft = drafts.get(s.id, [])
                 s.cache.append(s.next_token)
                 try:
-                    self._sample(s)
+                    self._verify(s, draft)
                 except Exception as e:  # this request's problem only: end it, keep the others running
                     log.exception("sampling failed for %s", s.job.request.request_id if s.job else "?")
                     job = s.job
                     self._release(s)
                     if job is not None:
                         job.push(e if isinstance(e, KronkError) else EngineError(f"sampling failed: {e}"))
+                finally:
+                    if draft:  # the KV of the rows not accepted (s.cache holds exactly what the KV holds)
+                        llama_cpp.llama_memory_seq_rm(self.mem, s.id, s.n_past, -1)
             for s in gen:
                 if s.job is not None:
                     s.job.flush()
@@ -391,26 +423,101 @@ class LlamaEngine(Engine):
             if budget <= 0:
                 break
 
+    # ------------------------------------------------------------------ speculative decoding
+    def _setup_speculation(self, type_k: int, type_v: int, flash: int) -> None:
+        """Turn speculation on as configured, where it is possible: not for recurrent models (their state cannot
+        drop the rejected rows); with batch_invariant, only as many rows as llama.cpp computes exactly alike."""
+        cfg, m = self.cfg, self.model
+        if cfg.speculative == "off":
+            return
+        if llama_cpp.llama_model_is_recurrent(m.ptr) or llama_cpp.llama_model_is_hybrid(m.ptr):
+            log.info("%s: speculative decoding is off (a recurrent model cannot drop rejected tokens)", cfg.name)
+            return
+        limit = min(cfg.draft_max + 1, self.n_batch)
+        self.spec_rows = (invariant_rows(m, self.threads, limit, flash, type_k, type_v) if cfg.batch_invariant
+                          else limit)
+        if self.spec_rows <= 1:
+            log.warning("%s: speculative decoding is off: a multi-row decode does not give the logits of one row "
+                        "here, so temperature-0 output would change (batch_invariant)", cfg.name)
+            return
+        if cfg.speculative == "draft":
+            if not cfg.draft_model:
+                raise EngineError(f"model {cfg.name}: speculative is draft but no draft_model is set")
+            self._drafter = DraftModel(cfg.draft_model, m, len(self.slots), self.n_ctx_slot, self.threads,
+                                       gpu_layers=cfg.gpu_layers, llama_log=cfg.llama_log)
+        self.speculative = cfg.speculative
+        log.info("%s: speculative decoding %s, up to %d rows per step", cfg.name, self.speculative, self.spec_rows)
+
+    def _drafts(self, gen: list[Slot]) -> dict[int, list[int]]:
+        """Each generating slot's draft for this step (slot id -> tokens; none: no speculation for it).
+
+        The step's generation decode holds at most ``spec_rows`` rows (all slots' rows go through one matrix
+        product, and llama.cpp computes a row differently beyond it), shared evenly between the slots. A
+        draft never runs past the slot's context, its max_tokens, ``draft_max``; one shorter than
+        ``draft_min`` is not tried."""
+        cfg = self.cfg
+        per_slot = self.spec_rows // len(gen) - 1  # draft tokens each slot may add
+        if per_slot < max(1, cfg.draft_min):
+            return {}
+        wants: dict[int, int] = {}
+        for s in gen:
+            req, job = s.job.request, s.job
+            k = min(per_slot, cfg.draft_max, self.n_ctx_slot - 2 - s.n_past)
+            if req.max_tokens is not None:
+                k = min(k, req.max_tokens - job.n_gen - 1)
+            if k >= max(1, cfg.draft_min):
+                wants[s.id] = k
+        if not wants:
+            return {}
+        by_id = {s.id: s for s in gen}
+        if self._drafter is not None:
+            got = self._drafter.draft([(i, [*by_id[i].cache, by_id[i].next_token], k) for i, k in wants.items()])
+        else:
+            got = {i: self._ngram[i].draft([*by_id[i].cache, by_id[i].next_token], k) for i, k in wants.items()
+                   if i in self._ngram}
+        out = {i: d[:wants[i]] for i, d in got.items() if len(d) >= max(1, cfg.draft_min)}
+        self.n_drafted += sum(len(d) for d in out.values())
+        return out
+
     def _decode(self, n: int) -> None:
         self.batch.n_tokens = n
         rc = llama_cpp.llama_decode(self.ctx, self.batch)
         if rc != 0:
             raise EngineError(f"llama_decode returned {rc}")
 
-    def _sample(self, s: Slot) -> None:
+    def _verify(self, s: Slot, draft: list[int]) -> None:
+        """Sample the slot's rows in order (row ``s.row`` + i predicts the token after draft[:i]): a sampled
+        token equal to the draft's next one is accepted (its KV, written by this step's decode, joins the
+        slot's cache) and the next row's logits count too; the first other token becomes the pending token.
+        Without a draft this is the one-token step. A sampled chain takes the same rule (llama.cpp's): each
+        emitted token is the chain's own sample from its row, as without speculation."""
+        for i in range(len(draft) + 1):
+            tok = self._sample(s, s.row + i)
+            if tok is None:  # the request ended (stop, limit, grammar complete)
+                return
+            if i < len(draft) and tok == draft[i]:
+                s.cache.append(tok)
+                self.n_accepted += 1
+                continue
+            s.next_token = tok
+            return
+
+    def _sample(self, s: Slot, row: int) -> int | None:
+        """Sample one token from batch row ``row`` and emit it (stop strings, end of generation, limits,
+        repetition guard, logprobs): the token to evaluate next, or None when the request ended."""
         job = s.job
         assert job is not None and job.chain is not None
         try:
             if job.min_chain is not None and job.n_gen < job.request.min_tokens:
-                tok = job.min_chain.sample(self.ctx, s.row)
+                tok = job.min_chain.sample(self.ctx, row)
                 job.chain.accept(tok)
             else:
-                tok = job.chain.sample(self.ctx, s.row)
+                tok = job.chain.sample(self.ctx, row)
         except NoValidToken:
             # Only a grammar can rule out every token: its document is complete (and end-of-generation
             # is suppressed by ignore_eos/min_tokens or logit_bias), so the answer is done.
             self._finish(s, "stop", tail=True)
-            return
+            return None
         now = time.perf_counter()
         if job.n_gen == 0:
             job.first_token = now
@@ -419,11 +526,11 @@ class LlamaEngine(Engine):
         req = job.request
         if (self.model.is_eog(tok) and not req.ignore_eos) or tok in req.stop_token_ids:
             self._finish(s, "stop", tail=True)
-            return
+            return None
         job.out_tokens.append(tok)
         piece = self.model.piece(tok)
         if req.logprobs is not None:  # only for a request that asks: the logits row is still this step's
-            lp, top = job.chain.logprobs(self.ctx, s.row, tok, req.logprobs)
+            lp, top = job.chain.logprobs(self.ctx, row, tok, req.logprobs)
             job.out_logprobs.append(TokenLogprob(tok, piece, lp, [(t, self.model.piece(t), v) for t, v in top]))
         text = job.decoder.feed(piece)
         if job.stopper is not None:
@@ -431,7 +538,7 @@ class LlamaEngine(Engine):
             if hit:
                 job.out_text.append(text)
                 self._finish(s, "stop", tail=False)
-                return
+                return None
         job.out_text.append(text)
         if job.guard is not None and job.guard.feed(tok, piece):
             # a loop (a grammar keeps a small model from ending in many ways): end it, as if a limit was hit
@@ -441,7 +548,8 @@ class LlamaEngine(Engine):
         elif (req.max_tokens is not None and job.n_gen >= req.max_tokens) or s.n_past + 1 >= self.n_ctx_slot:
             self._finish(s, "length", tail=True)
         else:
-            s.next_token = tok
+            return tok
+        return None
 
     def _finish(self, s: Slot, reason: str, tail: bool) -> None:
         job = s.job

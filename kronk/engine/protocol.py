@@ -131,6 +131,12 @@ class EngineStats:
     completion_tokens: int
     requests: int
     slots: list[dict[str, Any]]
+    # speculative decoding: the mode in force ("off" where it is off or impossible), the most rows a step's
+    # generation decode holds, draft tokens verified and accepted (counters since the engine started)
+    speculative: str = "off"
+    spec_verify_rows: int = 1
+    spec_draft_tokens: int = 0
+    spec_accepted_tokens: int = 0
 
 
 class Engine(abc.ABC):

@@ -171,6 +171,18 @@ class Recorder:
         self.set(specs.KV_TOTAL, st.kv_cells_total)
         self.set(specs.ACTIVE, st.active)
         self.set(specs.WAITING, st.waiting)
+        # speculative decoding: the engine counts since it started (this replica's engine), so the store holds its
+        # counts as they are and the sink (a Ray counter) gets what is new since the last sample; the series exist
+        # (at 0) with speculation off too
+        last = self.engine or {}
+        for spec, field in ((specs.SPEC_DRAFTED, "spec_draft_tokens"), (specs.SPEC_ACCEPTED, "spec_accepted_tokens")):
+            now = int(getattr(st, field, 0))
+            key, tags = self._key(spec, {})
+            self.store.set(spec.name, key, now)
+            if now > int(last.get(field) or 0):
+                self._forward(spec, "inc", now - int(last.get(field) or 0), tags)
+        drafted = int(getattr(st, "spec_draft_tokens", 0))
+        self.set(specs.SPEC_ACCEPTANCE, int(getattr(st, "spec_accepted_tokens", 0)) / drafted if drafted else 0.0)
         self.engine = {k: v for k, v in asdict(st).items() if k != "slots"}
 
     def on_pull(self, model: str, status: str, bytes_moved: int, code: str | None = None) -> None:

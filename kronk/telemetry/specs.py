@@ -65,6 +65,12 @@ KV_USED = Spec("kronk_kv_cells_used", "gauge", "KV cache cells holding tokens (a
 KV_TOTAL = Spec("kronk_kv_cells_total", "gauge", "KV cache cells of the replica (slots x context per slot).")
 ACTIVE = Spec("kronk_active_sequences", "gauge", "Sequence slots prefilling or generating.")
 WAITING = Spec("kronk_waiting_sequences", "gauge", "Requests waiting for a free sequence slot.")
+SPEC_DRAFTED = Spec("kronk_spec_draft_tokens_total", "counter", "Speculative decoding: draft tokens verified "
+                    "(prompt lookup or a draft model's guesses, kronk/engine/speculative.py).")
+SPEC_ACCEPTED = Spec("kronk_spec_accepted_tokens_total", "counter", "Speculative decoding: draft tokens the model "
+                     "accepted (each one a token generated without a decode step of its own).")
+SPEC_ACCEPTANCE = Spec("kronk_spec_acceptance_ratio", "gauge", "Speculative decoding: accepted / drafted tokens "
+                       "since the replica started (0 before any draft).")
 PULL_JOBS = Spec("kronk_pull_jobs_total", "counter", "Pull jobs that ended, by status (succeeded, failed, "
                  "cancelled).", (*BASE_LABELS, "status"))
 PULL_BYTES = Spec("kronk_pull_bytes_total", "counter", "Bytes pulled into the store (downloaded or copied), "
@@ -83,5 +89,6 @@ POOL_SPECS = (MODEL_EVENTS, MODEL_LOAD_TIME, POOL_BYTES, POOL_BUDGET)
 
 SPECS: dict[str, Spec] = {s.name: s for s in (
     REQUESTS, QUEUE_WAIT, TTFT, ITL, PROMPT_TOKENS, REUSED_TOKENS, COMPLETION_TOKENS, DECODE_TPS, PREFILL_TPS,
-    KV_USED, KV_TOTAL, ACTIVE, WAITING, PULL_JOBS, PULL_BYTES, PULL_FAILURES, MODEL_EVENTS, MODEL_LOAD_TIME,
+    KV_USED, KV_TOTAL, ACTIVE, WAITING, SPEC_DRAFTED, SPEC_ACCEPTED, SPEC_ACCEPTANCE, PULL_JOBS, PULL_BYTES,
+    PULL_FAILURES, MODEL_EVENTS, MODEL_LOAD_TIME,
     POOL_BYTES, POOL_BUDGET)}

@@ -177,13 +177,20 @@ def summarize(snapshots: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "prefill_tok_s": _summary(_hist(named(specs.PREFILL_TPS), specs.PREFILL_TPS.bounds), 1),
             "kv": {"cells_used": used, "cells_total": cells, "usage": round(used / cells, 4) if cells else None},
             "active": total(specs.ACTIVE), "waiting": total(specs.WAITING),
+            "speculative": _speculative(total(specs.SPEC_DRAFTED), total(specs.SPEC_ACCEPTED)),
             "engine": _sum_engines(engines.get(model, [])),
         }
     return out
 
 
 _ENGINE_SUMS = ("n_slots", "active", "waiting", "kv_cells_used", "kv_cells_total", "kv_bytes", "prompt_tokens",
-                "prompt_tokens_reused", "completion_tokens", "requests")
+                "prompt_tokens_reused", "completion_tokens", "requests", "spec_draft_tokens", "spec_accepted_tokens")
+
+
+def _speculative(drafted: int, accepted: int) -> dict[str, Any]:
+    """Speculative decoding's numbers: draft tokens verified, accepted, and the acceptance rate."""
+    return {"draft_tokens": drafted, "accepted_tokens": accepted,
+            "acceptance_rate": round(accepted / drafted, 4) if drafted else None}
 
 
 def _sum_engines(engines: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -192,4 +199,7 @@ def _sum_engines(engines: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     d: dict[str, Any] = {k: sum(int(e.get(k) or 0) for e in engines) for k in _ENGINE_SUMS}
     d["n_ctx_slot"] = max(int(e.get("n_ctx_slot") or 0) for e in engines)
+    d["speculative"] = sorted({str(e.get("speculative") or "off") for e in engines})
+    drafted = d["spec_draft_tokens"]
+    d["spec_acceptance_rate"] = round(d["spec_accepted_tokens"] / drafted, 4) if drafted else None
     return d

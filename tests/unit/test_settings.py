@@ -91,7 +91,8 @@ def test_resolved_model_leaves_nothing_for_downstream_to_default() -> None:
     r = Settings(models=[{"name": "m", "parallel": 6, "min_replicas": 3}]).resolved_model("m")
     # only fields whose None means "decided where it runs / from the GGUF" stay None
     assert {f for f, v in r.model_dump().items() if v is None} == {
-        "source", "tensor_split", "threads", "threads_batch", "embedding", "chat_template"}
+        "source", "tensor_split", "threads", "threads_batch", "embedding", "chat_template",
+        "draft_model"}  # no draft model unless the model names one (speculative: draft)
     assert (r.cache_type_k, r.cache_type_v) == ("f16", "f16")
     assert r.target_ongoing_requests == 6.0 and r.max_ongoing_requests == 6 + 64  # parallel + max_queued
     assert r.initial_replicas == 3 and r.max_replicas == 3  # max at least min
