@@ -74,7 +74,9 @@ async def _engine_one(engine: Any, prompt: str, n: int) -> tuple[W.Result, str]:
     return W.Result(first or total, total, tokens), "".join(text)
 
 
-async def _http_one(client: httpx.AsyncClient, url: str, prompt: str, n: int) -> tuple[W.Result, str]:
+async def _http_one(url: str, prompt: str, n: int) -> tuple[W.Result, str]:
+    """One streamed completion on a connection of its own (a kept-alive one was seen closed by llama-server
+    between requests: "Server disconnected without sending a response")."""
     text: list[str] = []
 
     def piece(c: dict) -> str:
@@ -84,7 +86,8 @@ async def _http_one(client: httpx.AsyncClient, url: str, prompt: str, n: int) ->
 
     body = {"model": "m", "prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True, "ignore_eos": True,
             "stream_options": {"include_usage": True}}
-    r = await W._http_stream(client, url + "/v1/completions", body, piece)
+    async with httpx.AsyncClient() as client:
+        r = await W._http_stream(client, url + "/v1/completions", body, piece)
     return r, "".join(text)
 
 
@@ -128,9 +131,8 @@ def server_rows(model: str, mode: str, extra: list[str], n: int, ctx: int, rnd: 
     rows = []
     with llama_server(model, threads, 1, ctx, extra=extra) as url:
         async def go(prompts: list[str]) -> list[tuple[W.Result, str]]:
-            async with httpx.AsyncClient() as client:
-                await _http_one(client, url, FREE[0], 8)  # warm-up
-                return [await _http_one(client, url, p, n) for p in prompts]
+            await _http_one(url, FREE[0], 8)  # warm-up
+            return [await _http_one(url, p, n) for p in prompts]
 
         for name, prompts in WORKLOADS.items():
             rows.append(_row("llama-server", mode, name, rnd, asyncio.run(go(prompts)), {"args": " ".join(extra)}))

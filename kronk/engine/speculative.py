@@ -92,14 +92,14 @@ def invariant_rows(model: LlamaModel, threads: int, limit: int, flash_attn: int,
             return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, row), shape=(n_vocab,)).copy()
 
         decode([(toks[i], i, 0, False) for i in range(head)])
+        decode([(toks[i], i, 1, False) for i in range(head)])  # the same head chunk, on the sequence tried
         ref = []
         for j in range(limit):  # the reference: one row per decode, as without speculation
             decode([(toks[head + j], head + j, 0, True)])
             ref.append(logits(0))
         best = 1
         for n in range(2, limit + 1):
-            llama_cpp.llama_memory_seq_rm(mem, 1, 0, -1)
-            decode([(toks[i], i, 1, False) for i in range(head)])  # the same head chunk as the reference's
+            llama_cpp.llama_memory_seq_rm(mem, 1, head, -1)  # back to the head alone
             decode([(toks[head + j], head + j, 1, True) for j in range(n)])
             if not all(np.array_equal(logits(j), ref[j]) for j in range(n)):
                 break
