@@ -57,13 +57,25 @@ class NgramDraft:
         return []
 
 
+# invariant_rows' answers in this process, by (GGUF path, threads, limit, flash attention, KV types): the kernels
+# a process runs do not change, so an engine built again on the same model does not measure again
+_measured: dict[tuple, int] = {}
+
+
 def invariant_rows(model: LlamaModel, threads: int, limit: int, flash_attn: int, type_k: int, type_v: int) -> int:
     """The largest n <= ``limit`` such that, for every m <= n, a decode of m consecutive rows of one sequence
     gives each row the same logits, bit for bit, as decoding those tokens one at a time (what the engine does
     without speculation). Measured on a context of its own with the engine's KV types and flash attention, on a
-    fixed token sequence; 1 means that no multi-row verify is exact here."""
+    fixed token sequence (about 2 x limit small decodes); 1 means that no multi-row verify is exact here."""
     if limit <= 1:
         return 1
+    key = (str(model.path), threads, limit, flash_attn, type_k, type_v)
+    if key not in _measured:
+        _measured[key] = _measure_rows(model, threads, limit, flash_attn, type_k, type_v)
+    return _measured[key]
+
+
+def _measure_rows(model: LlamaModel, threads: int, limit: int, flash_attn: int, type_k: int, type_v: int) -> int:
     p = llama_cpp.llama_context_default_params()
     p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = 256, 64, 64, 2
     p.n_threads = p.n_threads_batch = threads
