@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import playwright.sync_api as playwright_api
 import pytest
 
 from kronk.security.keys import KeyStore
@@ -31,8 +32,7 @@ from tests.waiting import until
 
 pytestmark = pytest.mark.slow
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # `make browser` installs it
 
 MODEL = "uitest-smol"  # a catalog entry of the test's home, served by the Hub stand-in
 REPO = "org/uitest-smol-GGUF"
@@ -109,6 +109,7 @@ class Watch:
 
 @pytest.fixture(scope="module")
 def browser(server) -> Iterator[Any]:
+    assert CHROMIUM, "no chromium on PATH: run `make browser` (apt-get install chromium)"
     with playwright_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM)
         try:
