@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -46,10 +47,10 @@ def no_hub_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
-@pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ModelService]]:
+@contextmanager
+def small_model_services() -> Iterator[dict[str, ModelService]]:
     """One service per small model, as a replica runs it (the same handlers, the sampling defaults a replica
-    resolves for it), shared by the session."""
+    resolves for it), closed at the end."""
     engines = {GEMMA: LlamaEngine(EngineConfig(model_path=gemma_path(), name=GEMMA, parallel=4, ctx_size=2048,
                                                chat_template="gemma")),
                SMOL: LlamaEngine(EngineConfig(model_path=smollm_path(), name=SMOL, parallel=2, ctx_size=2048))}
@@ -62,11 +63,25 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Mod
             e.close()
 
 
-@pytest.fixture(scope="session")
-def api_url(services: dict[str, ModelService], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = Settings(home=tmp_path_factory.mktemp("kronk-home"))
+@contextmanager
+def serving(services: dict[str, ModelService], home: Path) -> Iterator[str]:
+    """The services behind the in-process app and real HTTP: the server's URL."""
+    settings = Settings(home=home)
     with http_server(create_app(LocalBackend.of_services(services, settings),
                                 limits=Limits.from_settings(settings))) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[dict[str, ModelService]]:
+    """The small models' services, shared by the session."""
+    with small_model_services() as svcs:
+        yield svcs
+
+
+@pytest.fixture(scope="session")
+def api_url(services: dict[str, ModelService], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serving(services, tmp_path_factory.mktemp("kronk-home")) as url:
         yield url
 
 
