@@ -155,6 +155,16 @@ def check_count(v: Any, limit: int, what: str, setting: str) -> None:
         raise ValueError(f"at most {limit} {what} are allowed, got {len(v)} (the server's {setting})")
 
 
+def check_stop(v: Any, limits: Limits) -> None:
+    """Stop sequences (one string or a list) within ``max_stop`` and ``max_stop_length`` (else ValueError)."""
+    items = [v] if isinstance(v, str) else v
+    check_count(items, limits.max_stop, "stop sequences", "max_stop")
+    longest = max((len(s) for s in items if isinstance(s, str)), default=0) if isinstance(items, list) else 0
+    if longest > limits.max_stop_length:
+        raise ValueError(f"a stop sequence has at most {limits.max_stop_length} characters, got {longest} "
+                         f"(the server's max_stop_length)")
+
+
 def check_model_name(v: str, limits: Limits) -> None:
     if len(v) > limits.max_model_name_length:
         raise ValueError(f"a model name has at most {limits.max_model_name_length} characters, got {len(v)} "

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from kronk.api.limits import check_count, check_model_name, check_schema, limits_of
+from kronk.api.limits import check_count, check_model_name, check_schema, check_stop, limits_of
 from kronk.serving.pool import parse_duration
 
 Temperature = Annotated[float | None, Field(default=None, ge=0.0, le=2.0)]
@@ -95,13 +95,7 @@ class SamplingFields(ModelRequest):
     @field_validator("stop", mode="before")
     @classmethod
     def _stop_limits(cls, v: Any, info: ValidationInfo) -> Any:
-        lim = limits_of(info)
-        items = [v] if isinstance(v, str) else v
-        check_count(items, lim.max_stop, "stop sequences", "max_stop")
-        longest = max((len(s) for s in items if isinstance(s, str)), default=0) if isinstance(items, list) else 0
-        if longest > lim.max_stop_length:
-            raise ValueError(f"a stop sequence has at most {lim.max_stop_length} characters, got {longest} "
-                             f"(the server's max_stop_length)")
+        check_stop(v, limits_of(info))
         return v
 
     @field_validator("stop")

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from kronk.api.chat.schemas import ChatCompletionRequest
-from kronk.api.limits import check_count, limits_of
+from kronk.api.limits import check_count, check_stop, limits_of
 from kronk.api.schemas import INT64_MAX, LimitedSchema, ModelRequest, Temperature, TopK, TopP
 from kronk.errors import InvalidRequest, Unsupported
 
@@ -330,12 +330,7 @@ class MessagesRequest(Conversation):
     @field_validator("stop_sequences", mode="before")
     @classmethod
     def _stop_limits(cls, v: Any, info: ValidationInfo) -> Any:
-        lim = limits_of(info)
-        check_count(v, lim.max_stop, "stop sequences", "max_stop")
-        longest = max((len(s) for s in v if isinstance(s, str)), default=0) if isinstance(v, list) else 0
-        if longest > lim.max_stop_length:
-            raise ValueError(f"a stop sequence has at most {lim.max_stop_length} characters, got {longest} "
-                             f"(the server's max_stop_length)")
+        check_stop(v, limits_of(info))
         return v
 
     @model_validator(mode="after")
