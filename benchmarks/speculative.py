@@ -59,21 +59,6 @@ def default_model() -> str:
     return str(assemble())
 
 
-async def _engine_one(engine: Any, prompt: str, n: int) -> tuple[W.Result, str]:
-    from kronk.engine import GenerationRequest, SamplingParams
-
-    t0, first, tokens, text = time.perf_counter(), None, 0, []
-    req = GenerationRequest(prompt=engine.tokenize(prompt), sampling=SamplingParams(temperature=0), max_tokens=n,
-                            ignore_eos=True)
-    async for c in engine.generate(req):
-        if c.token_ids and first is None:
-            first = time.perf_counter() - t0
-        tokens += len(c.token_ids)
-        text.append(c.text)
-    total = time.perf_counter() - t0
-    return W.Result(first or total, total, tokens), "".join(text)
-
-
 async def _http_one(url: str, prompt: str, n: int) -> tuple[W.Result, str]:
     """One streamed completion on a connection of its own (a kept-alive one was seen closed by llama-server
     between requests: "Server disconnected without sending a response")."""
@@ -111,10 +96,10 @@ def engine_rows(model: str, mode: str, n: int, ctx: int, rnd: int, draft_model: 
                                    draft_model=draft_model if mode == "draft" else None, draft_max=draft_max))
     rows = []
     try:
-        asyncio.run(_engine_one(eng, FREE[0], 8))  # warm-up
+        asyncio.run(W.engine_completion_text(eng, FREE[0], 8))  # warm-up
         for name, prompts in WORKLOADS.items():
             st0 = eng.stats()
-            res = [asyncio.run(_engine_one(eng, p, n)) for p in prompts]
+            res = [asyncio.run(W.engine_completion_text(eng, p, n)) for p in prompts]
             st = eng.stats()
             drafted = st.spec_draft_tokens - st0.spec_draft_tokens
             accepted = st.spec_accepted_tokens - st0.spec_accepted_tokens

@@ -129,19 +129,23 @@ async def http_chat_turns(url: str, model: str, n_tokens: int) -> list[dict[str,
 
 # ---------------------------------------------------------------------------- in-process engine
 async def engine_completion(engine: Any, prompt: str, n: int) -> Result:
+    return (await engine_completion_text(engine, prompt, n))[0]
+
+
+async def engine_completion_text(engine: Any, prompt: str, n: int) -> tuple[Result, str]:
+    """One temperature-0 completion of ``n`` tokens on the engine: its timings and its text."""
     from kronk.engine import GenerationRequest, SamplingParams
 
-    t0 = time.perf_counter()
-    first = None
-    tokens = 0
+    t0, first, tokens, text = time.perf_counter(), None, 0, []
     req = GenerationRequest(prompt=engine.tokenize(prompt), sampling=SamplingParams(temperature=0), max_tokens=n,
                             ignore_eos=True)
     async for c in engine.generate(req):
         if c.token_ids and first is None:
             first = time.perf_counter() - t0
         tokens += len(c.token_ids)
+        text.append(c.text)
     total = time.perf_counter() - t0
-    return Result(first or total, total, tokens)
+    return Result(first or total, total, tokens), "".join(text)
 
 
 async def engine_concurrency(engine: Any, concurrency: int, n_tokens: int,
