@@ -32,6 +32,24 @@ _SPLITTABLE = (llama_cpp.LLAMA_POOLING_TYPE_MEAN, llama_cpp.LLAMA_POOLING_TYPE_C
 
 
 
+def pooled_context(model: LlamaModel, n_ctx: int, n_ubatch: int, n_seq_max: int, threads: int, pooling: int,
+                   what: str) -> object:
+    """A llama.cpp context of pooled outputs (embeddings, rank scores): one llama_decode is one micro-batch of
+    ``n_ubatch`` tokens, one KV stream (a decode is never split by sequence). ``what``: the error's word."""
+    p = llama_cpp.llama_context_default_params()
+    p.n_ctx = n_ctx
+    p.n_batch = p.n_ubatch = n_ubatch
+    p.n_seq_max = n_seq_max
+    p.n_threads = p.n_threads_batch = threads
+    p.embeddings = True
+    p.pooling_type = pooling
+    p.kv_unified = True
+    p.no_perf = True
+    ctx = llama_cpp.llama_init_from_model(model.ptr, p)
+    if not ctx:
+        raise EngineError(f"llama.cpp could not create the {what} context (out of memory?)")
+    return ctx
+
 def pooled_decodes(ctx: object, batch: object, group: list[list[int]], ubatch: int,
                    what: str) -> Iterator[list[tuple[int, int, bool]]]:
     """Decode ``group``'s token lists (each its own sequence, from position 0, on a cleared memory), in
@@ -80,19 +98,7 @@ class EmbeddingRunner:
         self.mode = self.pooling  # the pooling the context applies (the GGUF's, for an embedding model)
 
     def _make_ctx(self, n_ubatch: int):
-        p = llama_cpp.llama_context_default_params()
-        p.n_ctx = self.n_ctx
-        p.n_batch = p.n_ubatch = n_ubatch  # one llama_decode is one micro-batch
-        p.n_seq_max = MAX_SEQS
-        p.n_threads = p.n_threads_batch = self.threads
-        p.embeddings = True
-        p.pooling_type = self.pooling
-        p.kv_unified = True  # one stream: a decode is never split by sequence
-        p.no_perf = True
-        ctx = llama_cpp.llama_init_from_model(self.model.ptr, p)
-        if not ctx:
-            raise EngineError("llama.cpp could not create the embeddings context (out of memory?)")
-        return ctx
+        return pooled_context(self.model, self.n_ctx, n_ubatch, MAX_SEQS, self.threads, self.pooling, "embeddings")
 
     def _ensure_ctx(self) -> None:
         if self.ctx is not None:

@@ -29,7 +29,7 @@ import threading
 
 import llama_cpp
 
-from kronk.engine.embeddings import MAX_SEQS, UBATCH, pooled_decodes
+from kronk.engine.embeddings import MAX_SEQS, UBATCH, pooled_context, pooled_decodes
 from kronk.engine.model import LlamaModel
 from kronk.errors import EngineError, InvalidRequest
 
@@ -89,18 +89,8 @@ class RerankRunner:
     def _ensure_ctx(self) -> None:
         if self.ctx is not None:
             return
-        p = llama_cpp.llama_context_default_params()
-        p.n_ctx = self.n_ctx
-        p.n_batch = p.n_ubatch = self.n_ubatch  # one llama_decode is one micro-batch
-        p.n_seq_max = self.max_seqs
-        p.n_threads = p.n_threads_batch = self.threads
-        p.embeddings = True
-        p.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_RANK
-        p.kv_unified = True  # one stream: a decode is never split by sequence
-        p.no_perf = True
-        ctx = llama_cpp.llama_init_from_model(self.model.ptr, p)
-        if not ctx:
-            raise EngineError("llama.cpp could not create the rerank context (out of memory?)")
+        ctx = pooled_context(self.model, self.n_ctx, self.n_ubatch, self.max_seqs, self.threads,
+                             llama_cpp.LLAMA_POOLING_TYPE_RANK, "rerank")
         self.ctx, self.batch = ctx, llama_cpp.llama_batch_init(self.n_ubatch, 0, 1)
 
     def rerank(self, query: str, documents: list[str], max_tokens: int | None = None) -> tuple[list[float], int]:
