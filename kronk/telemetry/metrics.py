@@ -172,11 +172,14 @@ class Recorder:
         self.set(specs.ACTIVE, st.active)
         self.set(specs.WAITING, st.waiting)
         # speculative decoding: the engine counts since it started (this replica's engine), so the store holds its
-        # counts as they are and the sink (a Ray counter) gets what is new since the last sample; the series exist
-        # (at 0) with speculation off too
+        # counts as they are and the sink (a Ray counter) gets what is new since the last sample; like every other
+        # counter a series appears once it is above 0 (Ray's exporter has no series for a counter never increased,
+        # and both endpoints show the same samples)
         last = self.engine or {}
         for spec, field in ((specs.SPEC_DRAFTED, "spec_draft_tokens"), (specs.SPEC_ACCEPTED, "spec_accepted_tokens")):
             now = int(getattr(st, field, 0))
+            if now <= 0:
+                continue
             key, tags = self._key(spec, {})
             self.store.set(spec.name, key, now)
             if now > int(last.get(field) or 0):

@@ -218,6 +218,10 @@ def test_acceptance_reaches_stats_and_prometheus():
                            spec_draft_tokens=drafted, spec_accepted_tokens=accepted)
 
     rec.on_engine_stats(sample(0, 0))
+    # a counter never increased has no series, as on Ray's exporter (both endpoints must show the same samples)
+    before = {n for n, _, _ in prometheus.parse(prometheus.render([rec.snapshot()]))}
+    assert "kronk_spec_draft_tokens_total" not in before and "kronk_spec_acceptance_ratio" in before
+    assert summarize([rec.snapshot()])["m"]["speculative"]["draft_tokens"] == 0
     rec.on_engine_stats(sample(10, 4))
     rec.on_engine_stats(sample(40, 30))
     m = summarize([rec.snapshot()])["m"]
