@@ -68,6 +68,9 @@ class EngineConfig(BaseModel):
     chat_template: str | None = Field(default=None, description="Built-in template name or Jinja source "
                                       "(None: the GGUF's).")
     swa_full: bool = Field(default=True, description="Full-size sliding-window cache (keeps prefix reuse).")
+    share_prefixes: bool = Field(
+        default=True, description="Copy a prompt's start from another slot that holds it (or is prefilling it) "
+        "instead of computing it again; the output is the same either way (kronk/engine/engine.py).")
     batch_invariant: bool = _server(
         "batch_invariant",
         description="Outputs independent of what else is batched (no CPU weight repacking). Off: repacked "

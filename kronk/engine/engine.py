@@ -12,6 +12,14 @@ sampler chain samples row after row, and each sampled token that equals the draf
 count too. Every token goes through the same per-token path (``_sample``) as without speculation; the KV of
 the rows after the first mismatch is dropped. Verify batches are kept within the rows whose logits llama.cpp
 computes exactly as for one row (``invariant_rows``), so the output is the same with speculation on and off.
+
+Shared prefixes: a prompt whose start another slot holds (a shared system prompt, a RAG template, a
+conversation continued on another slot) gets that KV copied into its own sequence (``llama_memory_seq_cp``)
+instead of computing it again, and prefills only the rest. A prompt that shares its start with one another slot
+is still prefilling (several users arriving at once with the same instructions) waits for that slot to compute
+it, then copies it: the shared part is prefilled once. Only whole chunks of the prefill grid computed from
+position 0 are copied (``Slot.exact``): their KV is exactly what this prompt's own prefill computes, so the
+output is the same as without sharing.
 """
 
 from __future__ import annotations
@@ -50,9 +58,18 @@ from kronk.errors import (
 log = logging.getLogger("kronk.engine")
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
+# A prefix shared with another slot is copied when it saves at least this many tokens of prefill (a copy moves
+# the whole sequence's KV buffer: far cheaper than computing a chunk, not free).
+SHARE_MIN_TOKENS = 64
+
+
+def common_prefix(a: list[int], b: list[int], limit: int | None = None) -> int:
+    """How many leading tokens ``a`` and ``b`` share (at most ``limit``): whole blocks compared as slices, then
+    token by token (prompts of thousands of tokens are compared against every slot at admission)."""
+    n = min(len(a), len(b)) if limit is None else max(0, min(len(a), len(b), limit))
+    i, block = 0, 256
+    while i + block <= n and a[i:i + block] == b[i:i + block]:
+        i += block
     while i < n and a[i] == b[i]:
         i += 1
     return i
@@ -62,6 +79,7 @@ class LlamaEngine(Engine):
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         self.name = cfg.name
+        gpu = cfg.gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
         type_k, type_v, flash = resolve_kv_types(cfg.cache_type_k, cfg.cache_type_v, cfg.flash_attn)
         self.model = LlamaModel(cfg.model_path, cfg.gpu_layers, cfg.main_gpu, cfg.tensor_split,
                                 repack=not cfg.batch_invariant, llama_log=cfg.llama_log)
@@ -80,6 +98,7 @@ class LlamaEngine(Engine):
         # counters
         self.n_requests = self.n_prompt = self.n_reused = self.n_completion = 0
         self.n_drafted = self.n_accepted = 0  # speculative decoding: draft tokens verified, and accepted
+        self.n_shared = 0  # prompt tokens copied from another slot's KV (part of n_reused)
         self.speculative = "off"
         self.spec_rows = 1  # the most rows a step's generation decode may hold (see _drafts)
         self._ngram: dict[int, NgramDraft] = {}  # per slot, for its current job
@@ -120,7 +139,15 @@ class LlamaEngine(Engine):
         # grid only ever holds prompts shorter than it, so this changes no chunk).
         self.prefill_grid = min(cfg.prefill_chunk, self.n_batch)
         self.slots = [Slot(i) for i in range(cfg.parallel)]
+        # shared prefixes need sequences whose KV can be cut at any position (not a recurrent state)
+        self.share_prefixes = (cfg.share_prefixes and len(self.slots) > 1
+                               and not llama_cpp.llama_model_is_recurrent(m.ptr)
+                               and not llama_cpp.llama_model_is_hybrid(m.ptr))
         self._kv_bytes_per_cell = self._estimate_kv_bytes_per_cell()
+        # see _pad_slots: with flash attention on the CPU, batch invariance needs no micro-batch of one row
+        self._pad_decodes = (cfg.batch_invariant and not gpu and len(self.slots) > 1
+                             and flash != llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        self._pad_token = m.bos if m.bos >= 0 else 0
         self._setup_speculation(type_k, type_v, flash)
 
         self._incoming: collections.deque[Job] = collections.deque()
@@ -188,7 +215,8 @@ class LlamaEngine(Engine):
             waiting=len(getattr(self, "_waiting", ())) + len(getattr(self, "_incoming", ())),
             kv_cells_used=used, kv_cells_total=total,
             kv_bytes=int(total * getattr(self, "_kv_bytes_per_cell", 0)),
-            prompt_tokens=self.n_prompt, prompt_tokens_reused=self.n_reused, completion_tokens=self.n_completion,
+            prompt_tokens=self.n_prompt, prompt_tokens_reused=self.n_reused, prompt_tokens_shared=self.n_shared,
+            completion_tokens=self.n_completion,
             requests=self.n_requests, slots=[s.describe() for s in self.slots],
             speculative=self.speculative, spec_verify_rows=self.spec_rows,
             spec_draft_tokens=self.n_drafted, spec_accepted_tokens=self.n_accepted,
@@ -292,6 +320,7 @@ class LlamaEngine(Engine):
                     # how far _start got with the slot's KV is unknown: leave the slot empty
                     llama_cpp.llama_memory_seq_rm(self.mem, best.id, 0, -1)
                     best.cache.clear()
+                    best.exact = 0
                 if best.job is job:
                     self._release(best)  # frees the job's samplers too
                 else:
@@ -342,18 +371,92 @@ class LlamaEngine(Engine):
             job.min_chain = SamplerChain(m.vocab, m.n_vocab, req.sampling, suppress_tokens=self._eog)
         job.stopper = StopMatcher(req.stop) if req.stop else None
         reuse = min(common_prefix(slot.cache, job.prompt), len(job.prompt) - 1)
+        if self.share_prefixes and slot.exact < reuse < slot.prompt_len - 1:
+            # another conversation with the same start (it parts from the slot's last prompt inside that prompt):
+            # only the exact part is kept, so its answer is what a prefill from scratch gives, as when it is
+            # copied from another slot. A continuation (the last prompt, its answer and more) keeps it all.
+            reuse = slot.exact
         if reuse < slot.n_past and not llama_cpp.llama_memory_seq_rm(self.mem, slot.id, reuse, -1):
             llama_cpp.llama_memory_seq_rm(self.mem, slot.id, 0, -1)
             reuse = 0
         del slot.cache[reuse:]
+        slot.exact = min(slot.exact, reuse) // self.prefill_grid * self.prefill_grid
         slot.job, job.n_reused, job.started = job, reuse, time.perf_counter()
+        slot.prompt_len = len(job.prompt)
         slot.pending = job.prompt[reuse:]
-        if self.speculative == "ngram":  # a fresh index over this job's context (the slot's cache from here on)
-            self._ngram[slot.id] = NgramDraft(self.cfg.spec_ngram_min, self.cfg.spec_ngram_max)
-        self._advance_prefill(slot)
         self.n_requests += 1
         self.n_prompt += len(job.prompt)
         self.n_reused += reuse
+        if self.share_prefixes and not self._borrow(slot):
+            slot.share_wait = self._donor_to_wait_for(slot)
+        if self.speculative == "ngram":  # a fresh index over this job's context (the slot's cache from here on)
+            self._ngram[slot.id] = NgramDraft(self.cfg.spec_ngram_min, self.cfg.spec_ngram_max)
+        self._advance_prefill(slot)
+
+    # ------------------------------------------------------------------ shared prefixes
+    def _borrow(self, s: Slot) -> bool:
+        """Copy into ``s`` the longest exact prefix of its prompt another slot holds, where that saves at least
+        SHARE_MIN_TOKENS of prefill (True when it copied). The copy is llama.cpp's whole-sequence copy (done at
+        the next decode, before that decode writes anything), then cut to the shared part."""
+        job, grid = s.job, self.prefill_grid
+        assert job is not None
+        limit = len(job.prompt) - 1  # the prompt's last token is always evaluated in a step of its own
+        donor, best = None, s.n_past
+        for t in self.slots:
+            if t is s or t.exact < best + SHARE_MIN_TOKENS:
+                continue
+            n = common_prefix(t.cache, job.prompt, min(t.exact, limit)) // grid * grid
+            if n >= best + SHARE_MIN_TOKENS:
+                donor, best = t, n
+        if donor is None:
+            return False
+        llama_cpp.llama_memory_seq_cp(self.mem, donor.id, s.id, -1, -1)
+        if not llama_cpp.llama_memory_seq_rm(self.mem, s.id, best, -1):  # cannot happen outside recurrent models
+            llama_cpp.llama_memory_seq_rm(self.mem, s.id, 0, -1)
+            s.cache.clear()
+            s.exact = 0
+            s.pending = list(job.prompt)
+            self.n_reused -= job.n_reused
+            job.n_reused = 0
+            return False
+        gained = best - job.n_reused
+        s.cache = donor.cache[:best]
+        s.exact = best
+        s.pending = job.prompt[best:]
+        job.n_reused = best
+        self.n_reused += gained
+        self.n_shared += gained
+        return True
+
+    def _donor_to_wait_for(self, s: Slot) -> tuple[Slot, Job, int] | None:
+        """A slot still prefilling a prompt that shares at least SHARE_MIN_TOKENS more with ``s``'s than ``s``
+        holds, on the exact path (every chunk so far whole and from position 0): ``s`` waits for it to reach the
+        shared part (the slot, its job, the position) and copies it then. The longest shared part wins."""
+        job, grid = s.job, self.prefill_grid
+        assert job is not None
+        best: tuple[Slot, Job, int] | None = None
+        for t in self.slots:
+            if (t is s or t.state is not SlotState.PREFILL or t.job is None or t.share_wait is not None
+                    or t.exact != t.n_past):
+                continue
+            limit = min(len(job.prompt), len(t.job.prompt)) - 1
+            target = common_prefix(t.job.prompt, job.prompt, limit) // grid * grid
+            if target >= s.n_past + SHARE_MIN_TOKENS and target > t.exact and (best is None or target > best[2]):
+                best = (t, t.job, target)
+        return best
+
+    def _still_waiting(self, s: Slot) -> bool:
+        """Whether ``s``'s prefill still waits for its donor; when the wait is over, copy what the donor (or any
+        slot) holds now and go on."""
+        if s.share_wait is None:
+            return False
+        t, job, target = s.share_wait
+        if t.job is job and t.state is SlotState.PREFILL and t.exact < target:
+            return True
+        s.share_wait = None
+        self._borrow(s)
+        self._advance_prefill(s)
+        return False
 
     @staticmethod
     def _advance_prefill(slot: Slot) -> None:
@@ -386,7 +489,15 @@ class LlamaEngine(Engine):
                 for i, t in enumerate(drafts.get(s.id, ())):
                     self._add(n + 1 + i, t, s.n_past + 1 + i, s.id, True)
                 n += 1 + len(drafts.get(s.id, ()))
-            self._decode(n)
+            pads = self._pad_slots(gen, drafts)
+            for p in pads:  # a neighbour's row beside a slot generating alone, for the kernels' sake (_pad_slots)
+                self._add(n, self._pad_token, p.n_past, p.id, False)
+                n += 1
+            try:
+                self._decode(n)
+            finally:
+                for p in pads:
+                    llama_cpp.llama_memory_seq_rm(self.mem, p.id, p.n_past, -1)
             for s in gen:  # sample now: the prompt decodes below overwrite the logits
                 draft = drafts.get(s.id, [])
                 s.cache.append(s.next_token)
@@ -410,6 +521,8 @@ class LlamaEngine(Engine):
         grid = self.prefill_grid
         budget = grid if gen else self.n_batch  # a chunk is at most grid <= n_batch tokens
         for s in sorted((s for s in self.slots if s.state is SlotState.PREFILL), key=lambda s: s.job.started):
+            if self._still_waiting(s):
+                continue
             while s.state is SlotState.PREFILL and budget > 0:
                 pos = s.n_past
                 take = min(grid - pos % grid, len(s.pending) - 1)
@@ -418,10 +531,38 @@ class LlamaEngine(Engine):
                 self._decode(take)
                 s.cache.extend(s.pending[:take])
                 del s.pending[:take]
+                if pos == s.exact and take == grid:  # a whole grid chunk on the exact path
+                    s.exact += grid
                 self._advance_prefill(s)
                 budget -= take
             if budget <= 0:
                 break
+
+    def _pad_slots(self, gen: list[Slot], drafts: dict[int, list[int]]) -> list[Slot]:
+        """Slots whose sequences get a throw-away row in this step's generation decode (see below).
+
+        llama.cpp splits a decode into one micro-batch per run of consecutive sequence ids (one KV stream
+        each), and its CPU flash-attention kernel computes a micro-batch of one row of one sequence over 512
+        cells or more with the work split along the cells (another summation order than any other shape). A
+        slot generating alone, or beside slots whose ids are not next to its own, would get other numbers than
+        beside a neighbour, and temperature-0 output would depend on the load. So with flash attention on the
+        CPU and batch_invariant, every generating slot without a draft that has no generating neighbour gets
+        one: the neighbouring slot with the least cache adds a row at the end of its cache, without logits (its
+        KV cell is removed right after the decode). Its cost is a row of the decode (memory-bound on a CPU)."""
+        if not self._pad_decodes:
+            return []
+        generating = {s.id for s in gen}
+        pads: list[Slot] = []
+        for s in gen:
+            if drafts.get(s.id) or s.id - 1 in generating or s.id + 1 in generating:
+                continue
+            if any(p.id in (s.id - 1, s.id + 1) for p in pads):
+                continue
+            near = [self.slots[i] for i in (s.id - 1, s.id + 1)
+                    if 0 <= i < len(self.slots) and self.slots[i].n_past < self.n_ctx_slot - 1]
+            if near:
+                pads.append(min(near, key=lambda t: t.n_past))
+        return pads
 
     # ------------------------------------------------------------------ speculative decoding
     def _setup_speculation(self, type_k: int, type_v: int, flash: int) -> None:
@@ -569,6 +710,7 @@ class LlamaEngine(Engine):
             s.job.free_samplers()
         s.job = None
         s.pending = []
+        s.share_wait = None
         s.state = SlotState.IDLE
         s.last_used = time.monotonic()
 
@@ -579,6 +721,7 @@ class LlamaEngine(Engine):
                 self._release(s)
             llama_cpp.llama_memory_seq_rm(self.mem, s.id, 0, -1)
             s.cache.clear()
+            s.exact = 0
 
     def _estimate_kv_bytes_per_cell(self) -> float:
         m = self.model

@@ -137,6 +137,8 @@ class EngineStats:
     spec_verify_rows: int = 1
     spec_draft_tokens: int = 0
     spec_accepted_tokens: int = 0
+    # prompt tokens copied from another slot's KV instead of computed (a part of prompt_tokens_reused)
+    prompt_tokens_shared: int = 0
 
 
 class Engine(abc.ABC):

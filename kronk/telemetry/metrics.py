@@ -171,12 +171,13 @@ class Recorder:
         self.set(specs.KV_TOTAL, st.kv_cells_total)
         self.set(specs.ACTIVE, st.active)
         self.set(specs.WAITING, st.waiting)
-        # speculative decoding: the engine counts since it started (this replica's engine), so the store holds its
-        # counts as they are and the sink (a Ray counter) gets what is new since the last sample; like every other
-        # counter a series appears once it is above 0 (Ray's exporter has no series for a counter never increased,
-        # and both endpoints show the same samples)
+        # speculative decoding and shared prefixes: the engine counts since it started (this replica's engine),
+        # so the store holds its counts as they are and the sink (a Ray counter) gets what is new since the last
+        # sample; like every other counter a series appears once it is above 0 (Ray's exporter has no series
+        # for a counter never increased, and both endpoints show the same samples)
         last = self.engine or {}
-        for spec, field in ((specs.SPEC_DRAFTED, "spec_draft_tokens"), (specs.SPEC_ACCEPTED, "spec_accepted_tokens")):
+        for spec, field in ((specs.SPEC_DRAFTED, "spec_draft_tokens"), (specs.SPEC_ACCEPTED, "spec_accepted_tokens"),
+                            (specs.SHARED_TOKENS, "prompt_tokens_shared")):
             now = int(getattr(st, field, 0))
             if now <= 0:
                 continue

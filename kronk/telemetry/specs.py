@@ -69,6 +69,8 @@ SPEC_DRAFTED = Spec("kronk_spec_draft_tokens_total", "counter", "Speculative dec
                     "(prompt lookup or a draft model's guesses, kronk/engine/speculative.py).")
 SPEC_ACCEPTED = Spec("kronk_spec_accepted_tokens_total", "counter", "Speculative decoding: draft tokens the model "
                      "accepted (each one a token generated without a decode step of its own).")
+SHARED_TOKENS = Spec("kronk_prompt_tokens_shared_total", "counter", "Prompt tokens copied from another slot's KV "
+                     "instead of prefilled (shared prefixes; a part of kronk_prompt_tokens_reused_total).")
 SPEC_ACCEPTANCE = Spec("kronk_spec_acceptance_ratio", "gauge", "Speculative decoding: accepted / drafted tokens "
                        "since the replica started (0 before any draft).")
 PULL_JOBS = Spec("kronk_pull_jobs_total", "counter", "Pull jobs that ended, by status (succeeded, failed, "
@@ -89,6 +91,6 @@ POOL_SPECS = (MODEL_EVENTS, MODEL_LOAD_TIME, POOL_BYTES, POOL_BUDGET)
 
 SPECS: dict[str, Spec] = {s.name: s for s in (
     REQUESTS, QUEUE_WAIT, TTFT, ITL, PROMPT_TOKENS, REUSED_TOKENS, COMPLETION_TOKENS, DECODE_TPS, PREFILL_TPS,
-    KV_USED, KV_TOTAL, ACTIVE, WAITING, SPEC_DRAFTED, SPEC_ACCEPTED, SPEC_ACCEPTANCE, PULL_JOBS, PULL_BYTES,
-    PULL_FAILURES, MODEL_EVENTS, MODEL_LOAD_TIME,
+    KV_USED, KV_TOTAL, ACTIVE, WAITING, SPEC_DRAFTED, SPEC_ACCEPTED, SHARED_TOKENS, SPEC_ACCEPTANCE, PULL_JOBS,
+    PULL_BYTES, PULL_FAILURES, MODEL_EVENTS, MODEL_LOAD_TIME,
     POOL_BYTES, POOL_BUDGET)}

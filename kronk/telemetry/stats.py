@@ -168,7 +168,8 @@ def summarize(snapshots: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "replicas": len(replicas.get(model, [])),
             "replica_ids": sorted(replicas.get(model, [])),
             "requests": {"total": n_req, "errors": errors, "by_route": by_route},
-            "tokens": {"prompt": prompt, "prompt_reused": reused, "completion": total(specs.COMPLETION_TOKENS)},
+            "tokens": {"prompt": prompt, "prompt_reused": reused, "prompt_shared": total(specs.SHARED_TOKENS),
+                       "completion": total(specs.COMPLETION_TOKENS)},
             "prefix_cache_reuse_ratio": round(reused / prompt, 4) if prompt else None,
             "queue_wait_s": _summary(_hist(named(specs.QUEUE_WAIT), specs.QUEUE_WAIT.bounds)),
             "ttft_s": _summary(_hist(named(specs.TTFT), specs.TTFT.bounds)),
@@ -184,7 +185,8 @@ def summarize(snapshots: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 _ENGINE_SUMS = ("n_slots", "active", "waiting", "kv_cells_used", "kv_cells_total", "kv_bytes", "prompt_tokens",
-                "prompt_tokens_reused", "completion_tokens", "requests", "spec_draft_tokens", "spec_accepted_tokens")
+                "prompt_tokens_reused", "prompt_tokens_shared", "completion_tokens", "requests", "spec_draft_tokens",
+                "spec_accepted_tokens")
 
 
 def _speculative(drafted: int, accepted: int) -> dict[str, Any]:
