@@ -96,7 +96,7 @@ def test_summary_aggregates_every_replica():
     assert m["replicas"] == 2 and m["replica_ids"] == ["r1", "r2"]
     assert m["requests"] == {"total": 3, "errors": 1, "by_route": {"/v1/completions": {"200": 2},
                                                                       "/v1/chat/completions": {"400": 1}}}
-    assert m["tokens"] == {"prompt": 250, "prompt_reused": 100, "completion": 37}
+    assert m["tokens"] == {"prompt": 250, "prompt_reused": 100, "prompt_shared": 0, "completion": 37}
     assert m["prefix_cache_reuse_ratio"] == pytest.approx(0.4)
     assert m["ttft_s"]["count"] == 3 and m["ttft_s"]["p50"] == pytest.approx(0.0625, abs=1e-4)
     assert m["decode_tok_s"]["0-512"]["count"] == 2 and m["decode_tok_s"]["2k-8k"]["count"] == 1
