@@ -24,7 +24,7 @@ from schemathesis.checks import not_a_server_error
 
 from tests.helpers import GEMMA, SMOL
 
-MAX_EXAMPLES = 30
+MAX_EXAMPLES = 20
 MAX_NEW_TOKENS = 2
 N_CTX = 2048  # tests/conftest.py: both models' slots
 GENERATING = ("/v1/chat/completions", "/v1/completions")

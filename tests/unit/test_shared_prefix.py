@@ -11,19 +11,19 @@ from kronk.engine import EngineConfig, GenerationRequest, SamplingParams
 from kronk.engine.engine import LlamaEngine
 from tests.models import gemma_path
 
-# ~700 tokens of instructions every user shares (an agent's system prompt), then each user's own question
+# ~560 tokens of instructions every user shares (an agent's system prompt), then each user's own question
 SYSTEM = "\n".join(
     f"Rule {i}: when a customer asks about order {1000 + i}, check the warehouse in city {i % 7} first, then the "
     f"courier log for day {i % 28 + 1}, and answer politely in at most {i % 5 + 2} sentences."
-    for i in range(20))
+    for i in range(12))
 QUESTIONS = ["Where is my parcel?", "Can I return shoes?", "What are your opening hours?", "Do you ship abroad?",
-             "My order arrived broken.", "How do I change my address?", "Is there a student discount?",
-             "Can I pay with cash?", "Why was I charged twice?", "Do you sell gift cards?"]
+             "My order arrived broken.", "How do I change my address?", "Can I pay with cash?",
+             "Do you sell gift cards?"]
 MAX_TOKENS = 12
 # At most 7 sequences generate in one step here: on this CPU llama.cpp computes a decode of 8 rows or more with
 # other kernels than one row (kronk/engine/speculative.py, invariant_rows), which would change the output with
 # the load whether prefixes are shared or not. Sharing is what is compared.
-SLOTS = 6
+SLOTS = 5
 
 
 def config(share: bool, parallel: int) -> EngineConfig:
@@ -53,16 +53,16 @@ def prompts():
 
 @pytest.fixture(scope="module")
 def reference(prompts):
-    """Every prompt prefilled from scratch in a slot of its own (no sharing, nothing cached): five at once on
+    """Every prompt prefilled from scratch in a slot of its own (no sharing, nothing cached): four at once on
     engines that share nothing."""
     async def all_at_once(e, group):
         return await asyncio.gather(*[generate(e, p) for p in group])
 
     out = []
-    for i in range(0, len(prompts), 5):
-        e = LlamaEngine(config(False, 5))
+    for i in range(0, len(prompts), 4):
+        e = LlamaEngine(config(False, 4))
         try:
-            got = asyncio.run(all_at_once(e, prompts[i:i + 5]))
+            got = asyncio.run(all_at_once(e, prompts[i:i + 4]))
         finally:
             e.close()
         assert all(cached == 0 for _, cached in got)
@@ -99,22 +99,22 @@ async def test_users_arriving_at_once_prefill_the_shared_prompt_once(shared, pro
 async def test_a_newcomer_copies_the_prefix_from_a_busy_slot(shared, prompts, reference):
     part = shared_part(shared, prompts)
     # one user's long answer is being generated when the next user arrives
-    busy = asyncio.create_task(generate(shared, prompts[0], max_tokens=200))
+    busy = asyncio.create_task(generate(shared, prompts[0], max_tokens=80))
     for _ in range(3000):  # at most 60 s
         if any(s["state"] == "generating" for s in shared.stats().slots):
             break
         await asyncio.sleep(0.02)
     else:
         raise AssertionError("the first request never started generating")
-    out, cached = await generate(shared, prompts[8])
-    assert (out, cached) == (reference[8], part)
+    out, cached = await generate(shared, prompts[6])
+    assert (out, cached) == (reference[6], part)
     assert not busy.done()  # it was copied from a slot that is still generating
     long_answer, _ = await busy
     assert long_answer[:MAX_TOKENS] == reference[0]
     # and once they are idle: the slot holding the prefix takes it, keeping only the part a prefill from scratch
     # computes alike (this prompt parts from that slot's last one inside it), so the answer is the same too
-    out, cached = await generate(shared, prompts[9])
-    assert (out, cached) == (reference[9], part)
+    out, cached = await generate(shared, prompts[7])
+    assert (out, cached) == (reference[7], part)
     st = shared.stats()
     assert (st.prompt_tokens_shared, st.prompt_tokens_reused) == (part, 2 * part)
 
