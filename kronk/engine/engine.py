@@ -371,18 +371,12 @@ class LlamaEngine(Engine):
             job.min_chain = SamplerChain(m.vocab, m.n_vocab, req.sampling, suppress_tokens=self._eog)
         job.stopper = StopMatcher(req.stop) if req.stop else None
         reuse = min(common_prefix(slot.cache, job.prompt), len(job.prompt) - 1)
-        if self.share_prefixes and slot.exact < reuse < slot.prompt_len - 1:
-            # another conversation with the same start (it parts from the slot's last prompt inside that prompt):
-            # only the exact part is kept, so its answer is what a prefill from scratch gives, as when it is
-            # copied from another slot. A continuation (the last prompt, its answer and more) keeps it all.
-            reuse = slot.exact
         if reuse < slot.n_past and not llama_cpp.llama_memory_seq_rm(self.mem, slot.id, reuse, -1):
             llama_cpp.llama_memory_seq_rm(self.mem, slot.id, 0, -1)
             reuse = 0
         del slot.cache[reuse:]
         slot.exact = min(slot.exact, reuse) // self.prefill_grid * self.prefill_grid
         slot.job, job.n_reused, job.started = job, reuse, time.perf_counter()
-        slot.prompt_len = len(job.prompt)
         slot.pending = job.prompt[reuse:]
         self.n_requests += 1
         self.n_prompt += len(job.prompt)

@@ -94,7 +94,6 @@ class Slot:
     # they were evaluated in whole chunks of the prefill grid from position 0 (a multiple of the grid). Only
     # these are shared with another slot (kronk/engine/engine.py, "Shared prefixes").
     exact: int = 0
-    prompt_len: int = 0  # the prompt length of the last job this slot ran
     # (slot, its job, position): this slot's prefill waits until that slot, still prefilling that job, has
     # computed the prefix the two prompts share up to position, then copies it instead of computing it again
     share_wait: tuple[Slot, Job, int] | None = None

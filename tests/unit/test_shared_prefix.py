@@ -111,12 +111,12 @@ async def test_a_newcomer_copies_the_prefix_from_a_busy_slot(shared, prompts, re
     assert not busy.done()  # it was copied from a slot that is still generating
     long_answer, _ = await busy
     assert long_answer[:MAX_TOKENS] == reference[0]
-    # and once they are idle: the slot holding the prefix takes it, keeping only the part a prefill from scratch
-    # computes alike (this prompt parts from that slot's last one inside it), so the answer is the same too
-    out, cached = await generate(shared, prompts[7])
-    assert (out, cached) == (reference[7], part)
-    st = shared.stats()
-    assert (st.prompt_tokens_shared, st.prompt_tokens_reused) == (part, 2 * part)
+    # once they are idle, the next prompt goes to a slot that holds the prefix and reuses all it shares with
+    # it there (a slot's own cache is not cut to the grid: it is what makes a second question fast)
+    _, cached = await generate(shared, prompts[7])
+    common = next(i for i, (a, b) in enumerate(zip(prompts[7], prompts[6], strict=False)) if a != b)
+    assert cached >= min(common, len(prompts[7]) - 1) > part
+    assert shared.stats().prompt_tokens_shared == part
 
 
 async def test_a_waiting_prompt_goes_on_when_the_slot_it_waits_for_is_cancelled(shared, prompts, reference):
