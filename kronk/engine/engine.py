@@ -371,6 +371,14 @@ class LlamaEngine(Engine):
             job.min_chain = SamplerChain(m.vocab, m.n_vocab, req.sampling, suppress_tokens=self._eog)
         job.stopper = StopMatcher(req.stop) if req.stop else None
         reuse = min(common_prefix(slot.cache, job.prompt), len(job.prompt) - 1)
+        grid = self.prefill_grid
+        line = reuse // grid * grid
+        if (self.share_prefixes and reuse - line < SHARE_MIN_TOKENS and line <= slot.exact
+                and len(job.prompt) - 1 >= line + grid):
+            # a few tokens past a grid line (a BOS, a short earlier prompt) and at least a whole chunk more to
+            # prefill: computing those few again keeps this prefill on the grid from position 0, so its chunks
+            # can be copied by other slots (_borrow)
+            reuse = line
         if reuse < slot.n_past and not llama_cpp.llama_memory_seq_rm(self.mem, slot.id, reuse, -1):
             llama_cpp.llama_memory_seq_rm(self.mem, slot.id, 0, -1)
             reuse = 0
