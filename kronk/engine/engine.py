@@ -389,7 +389,8 @@ class LlamaEngine(Engine):
         self.n_requests += 1
         self.n_prompt += len(job.prompt)
         self.n_reused += reuse
-        if self.share_prefixes and not self._borrow(slot):
+        if self.share_prefixes:  # what other slots hold now, and then what one of them is still prefilling
+            self._borrow(slot)
             slot.share_wait = self._donor_to_wait_for(slot)
         if self.speculative == "ngram":  # a fresh index over this job's context (the slot's cache from here on)
             self._ngram[slot.id] = NgramDraft(self.cfg.spec_ngram_min, self.cfg.spec_ngram_max)
