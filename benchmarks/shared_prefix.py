@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import statistics
 import tempfile
@@ -102,14 +101,7 @@ def summary(rows: list[dict]) -> tuple[list[dict], str]:
 
 
 def save(rows: list[dict], summ: list[dict], md: str, meta: dict[str, Any], out: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), out / "shared_prefix_rounds.parquet")
-    pq.write_table(pa.Table.from_pylist(summ), out / "shared_prefix.parquet")
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    (out / "results.md").write_text(md + "\n")
+    W.save_tables(out, {"shared_prefix_rounds": rows, "shared_prefix": summ}, md, meta)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -157,14 +157,7 @@ def summary(rows: list[dict]) -> tuple[list[dict], str]:
 
 
 def save(rows: list[dict], summ: list[dict], md: str, meta: dict[str, Any], out: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), out / "speculative_rounds.parquet")
-    pq.write_table(pa.Table.from_pylist(summ), out / "speculative.parquet")
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    (out / "results.md").write_text(md + "\n")
+    W.save_tables(out, {"speculative_rounds": rows, "speculative": summ}, md, meta)
     try:
         import matplotlib
 

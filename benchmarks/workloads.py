@@ -7,6 +7,7 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -194,3 +195,16 @@ async def engine_chat_turns(service: Any, model: str, n_tokens: int) -> list[dic
         rows.append({"turn": i + 1, "ttft_ms": r.ttft_s * 1000, "decode_tok_s": r.decode_tps,
                      "prompt_tokens": r.prompt_tokens})
     return rows
+
+
+# ---------------------------------------------------------------------------- results
+def save_tables(out: Path, tables: dict[str, list[dict]], md: str, meta: dict[str, Any]) -> None:
+    """A benchmark's results in ``out``: each table as ``<name>.parquet``, ``results.md`` and ``meta.json``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in tables.items():
+        pq.write_table(pa.Table.from_pylist(rows), out / f"{name}.parquet")
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    (out / "results.md").write_text(md + "\n")
