@@ -383,7 +383,7 @@ class LlamaEngine(Engine):
             llama_cpp.llama_memory_seq_rm(self.mem, slot.id, 0, -1)
             reuse = 0
         del slot.cache[reuse:]
-        slot.exact = min(slot.exact, reuse) // self.prefill_grid * self.prefill_grid
+        slot.exact = min(slot.exact, reuse) // grid * grid
         slot.job, job.n_reused, job.started = job, reuse, time.perf_counter()
         slot.pending = job.prompt[reuse:]
         self.n_requests += 1
@@ -397,9 +397,9 @@ class LlamaEngine(Engine):
         self._advance_prefill(slot)
 
     # ------------------------------------------------------------------ shared prefixes
-    def _borrow(self, s: Slot) -> bool:
+    def _borrow(self, s: Slot) -> None:
         """Copy into ``s`` the longest exact prefix of its prompt another slot holds, where that saves at least
-        SHARE_MIN_TOKENS of prefill (True when it copied). The copy is llama.cpp's whole-sequence copy (done at
+        SHARE_MIN_TOKENS of prefill. The copy is llama.cpp's whole-sequence copy (done at
         the next decode, before that decode writes anything), then cut to the shared part."""
         job, grid = s.job, self.prefill_grid
         assert job is not None
@@ -412,7 +412,7 @@ class LlamaEngine(Engine):
             if n >= best + SHARE_MIN_TOKENS:
                 donor, best = t, n
         if donor is None:
-            return False
+            return
         llama_cpp.llama_memory_seq_cp(self.mem, donor.id, s.id, -1, -1)
         if not llama_cpp.llama_memory_seq_rm(self.mem, s.id, best, -1):  # cannot happen outside recurrent models
             llama_cpp.llama_memory_seq_rm(self.mem, s.id, 0, -1)
@@ -421,7 +421,7 @@ class LlamaEngine(Engine):
             s.pending = list(job.prompt)
             self.n_reused -= job.n_reused
             job.n_reused = 0
-            return False
+            return
         gained = best - job.n_reused
         s.cache = donor.cache[:best]
         s.exact = best
@@ -429,7 +429,6 @@ class LlamaEngine(Engine):
         job.n_reused = best
         self.n_reused += gained
         self.n_shared += gained
-        return True
 
     def _donor_to_wait_for(self, s: Slot) -> tuple[Slot, Job, int] | None:
         """A slot still prefilling a prompt that shares at least SHARE_MIN_TOKENS more with ``s``'s than ``s``
