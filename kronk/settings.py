@@ -159,6 +159,10 @@ class ModelConfig(BaseModel):
     draft_model: str | None = Field(
         default=None, description="Local GGUF path of the draft model for speculative: draft (a small model with "
         "this model's vocabulary).")
+    prefix_cache_bytes: int | None = Field(
+        default=None, ge=0, description="Host memory for the KV of prompts the slots gave up, per replica (bytes).")
+    prefix_cache_disk_bytes: int | None = Field(
+        default=None, ge=0, description="Disk for finished conversations' KV in prefix_cache_dir (bytes).")
     # Ray Serve options
     num_cpus: float | None = Field(default=None, ge=0, description="Ray CPUs per replica.")
     num_gpus: float | None = Field(default=None, ge=0, description="Ray GPUs per replica (fractions allowed).")
@@ -168,6 +172,8 @@ class ModelConfig(BaseModel):
     initial_replicas: int | None = Field(default=None, ge=0, description="Replicas at start.")
     target_ongoing_requests: float | None = Field(default=None, gt=0, description="Autoscaling target.")
     max_ongoing_requests: int | None = Field(default=None, ge=1, description="Per-replica admission limit.")
+    prefix_routing: bool | None = Field(
+        default=None, description="Prefer the replica that served a prompt's start last (with max_replicas > 1).")
     upscale_delay_s: float | None = Field(
         default=None, ge=0, description="Autoscaling: how long load must stay high before adding replicas.")
     downscale_delay_s: float | None = Field(
@@ -264,6 +270,17 @@ class Settings(BaseSettings):
         "llama.cpp computes exactly like one row, with batch_invariant).")
     draft_min: int = Field(default=1, ge=0, le=64, description="Fewest draft tokens worth verifying (a shorter "
                            "draft is not tried).")
+    prefix_cache_bytes: int | None = Field(
+        default=None, ge=0, description="Host memory per replica for the KV of prompts its slots gave up, in bytes: "
+        "a later prompt that starts the same way restores it instead of prefilling it again (least recently used "
+        "out first; 0: off; default: as much as the slots' KV cache).")
+    prefix_cache_disk_bytes: int = Field(
+        default=4 << 30, ge=0, description="Disk per model for finished conversations' KV, in prefix_cache_dir: a "
+        "chat continued after a restart or on another replica restores it instead of prefilling it again (oldest "
+        "out first; 0: off).")
+    prefix_cache_dir: Path | None = Field(
+        default=None, description="Where the disk prefix cache keeps its files (shared by the replicas that mount "
+        "it; default: <models_dir>/kv-cache).")
     num_cpus: float = Field(default=1.0, ge=0, description="Ray CPUs per model replica.")
     num_gpus: float = Field(default=0.0, ge=0, description="Ray GPUs per model replica.")
     resources: dict[str, float] = Field(
@@ -277,6 +294,10 @@ class Settings(BaseSettings):
     max_ongoing_requests: int | None = Field(
         default=None, ge=1, description="Requests one replica admits (default: the model's parallel + max_queued, "
         "so that every admitted request waits in the engine's bounded, timed queue).")
+    prefix_routing: bool = Field(
+        default=True, description="Prefer the replica that served a prompt's start last, so that a chat's next turn "
+        "finds its history in that replica's cache (a model with max_replicas > 1; its requests then go through the "
+        "routing ingress). The least loaded replica takes the request when that one has every slot busy.")
     upscale_delay_s: float = Field(
         default=3.0, ge=0, description="Autoscaling: how long load must stay high before adding replicas.")
     downscale_delay_s: float = Field(
@@ -457,6 +478,7 @@ class Settings(BaseSettings):
         ``max_ongoing_requests``) are computed from the model's resolved values; ``max_replicas`` is at least
         ``min_replicas``. Still None after this, meaning "decided where it runs": ``threads`` (the replica
         machine's physical cores), ``threads_batch`` (= threads), ``tensor_split`` (llama.cpp's split),
+        ``prefix_cache_bytes`` (the engine's slots' KV size),
         ``embedding`` and ``chat_template`` (from the GGUF).
 
         ``catalog``: the model's catalog values (its store manifest, or its catalog entry), used where the
@@ -561,6 +583,8 @@ DERIVED_DEFAULTS = {
     "models_dir": "<home>/models",
     "address": "start a local Ray",
     "threads": "physical cores",
+    "prefix_cache_bytes": "the size of the slots' KV cache",
+    "prefix_cache_dir": "<models_dir>/kv-cache",
     "threads_batch": "threads",
     "tensor_split": "llama.cpp's split",
     "initial_replicas": "min_replicas, at least 1",

@@ -87,6 +87,14 @@ class EngineConfig(BaseModel):
     draft_min: int = _server("draft_min", ge=0, le=64)
     draft_model: str | None = Field(default=None, description="GGUF path of the draft model (speculative: draft): "
                                     "a small model with the same vocabulary.")
+    prefix_cache_bytes: int | None = _server("prefix_cache_bytes", ge=0)
+    prefix_cache_disk_bytes: int = _server("prefix_cache_disk_bytes", ge=0)
+    prefix_cache_dir: str | None = Field(
+        default=None, description="The disk prefix cache's folder (None: no disk tier); engine_config sets it from "
+        "the server's prefix_cache_dir.")
+    persist_min_tokens: int = Field(
+        default=256, ge=1, description="The shortest finished sequence the disk tier stores (a shorter one is "
+        "prefilled again in less time than its file takes to read).")
 
     @property
     def n_ubatch(self) -> int:
@@ -146,4 +154,7 @@ def engine_config(settings: Settings, model: ModelConfig | str, model_path: str 
     store's ``manifest`` (``context_length`` within the server's ``ctx_size``, the recommended
     ``kv_cache_type``, ``chat_template``), then the server's settings. See ``Settings.resolved_model``."""
     resolved = settings.resolved_model(model, catalog=manifest)
-    return EngineConfig.from_model(resolved, model_path, llama_log=settings.llama_log)
+    cfg = EngineConfig.from_model(resolved, model_path, llama_log=settings.llama_log)
+    if cfg.prefix_cache_disk_bytes:
+        cfg.prefix_cache_dir = str(settings.prefix_cache_dir or settings.models_path / "kv-cache")
+    return cfg

@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
+import hashlib
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -40,6 +43,16 @@ from kronk.engine.config import EngineConfig
 from kronk.engine.embeddings import EmbeddingRunner
 from kronk.engine.kvcache import BYTES_PER_ELEMENT, resolve_kv_types
 from kronk.engine.model import LlamaModel, physical_cores
+from kronk.engine.prefix_cache import (
+    DiskPrefixCache,
+    Identity,
+    RamPrefixCache,
+    Snapshot,
+    TierCounters,
+    Window,
+    common_prefix,
+    file_fingerprint,
+)
 from kronk.engine.protocol import Engine, EngineStats, GenerationChunk, GenerationRequest, TokenLogprob
 from kronk.engine.rerank import RerankRunner, is_reranker
 from kronk.engine.sampling import NoValidToken, SamplerChain
@@ -61,18 +74,8 @@ log = logging.getLogger("kronk.engine")
 # A prefix shared with another slot is copied when it saves at least this many tokens of prefill (a copy moves
 # the whole sequence's KV buffer: far cheaper than computing a chunk, not free).
 SHARE_MIN_TOKENS = 64
-
-
-def common_prefix(a: list[int], b: list[int], limit: int | None = None) -> int:
-    """How many leading tokens ``a`` and ``b`` share (at most ``limit``): whole blocks compared as slices, then
-    token by token (prompts of thousands of tokens are compared against every slot at admission)."""
-    n = min(len(a), len(b)) if limit is None else max(0, min(len(a), len(b), limit))
-    i, block = 0, 256
-    while i + block <= n and a[i:i + block] == b[i:i + block]:
-        i += block
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+# What a slot gives up is kept in the RAM prefix cache when it holds at least this many tokens.
+SAVE_MIN_TOKENS = 128
 
 
 class LlamaEngine(Engine):
@@ -105,6 +108,13 @@ class LlamaEngine(Engine):
         self._drafter: DraftModel | None = None
         self.ctx = None
         self.slots: list[Slot] = []
+        # prefix caches beyond the slots (kronk/engine/prefix_cache.py) and the slots' own numbers as a tier
+        self.slot_tier = TierCounters()
+        self.window = Window()  # the model's sliding window, where a sequence may be cut (set with the caches)
+        self.ram: RamPrefixCache | None = None
+        self.disk: DiskPrefixCache | None = None
+        self._persist_q: queue.Queue[Snapshot | None] | None = None
+        self._persister: threading.Thread | None = None
         if self.embedding_only:
             return
 
@@ -140,10 +150,10 @@ class LlamaEngine(Engine):
         self.prefill_grid = min(cfg.prefill_chunk, self.n_batch)
         self.slots = [Slot(i) for i in range(cfg.parallel)]
         # shared prefixes need sequences whose KV can be cut at any position (not a recurrent state)
-        self.share_prefixes = (cfg.share_prefixes and len(self.slots) > 1
-                               and not llama_cpp.llama_model_is_recurrent(m.ptr)
-                               and not llama_cpp.llama_model_is_hybrid(m.ptr))
+        cuttable = not llama_cpp.llama_model_is_recurrent(m.ptr) and not llama_cpp.llama_model_is_hybrid(m.ptr)
+        self.share_prefixes = cfg.share_prefixes and len(self.slots) > 1 and cuttable
         self._kv_bytes_per_cell = self._estimate_kv_bytes_per_cell()
+        self._setup_prefix_caches(cuttable, type_k, type_v, flash, gpu)
         # see _pad_slots: with flash attention on the CPU, batch invariance needs no micro-batch of one row
         self._pad_decodes = (cfg.batch_invariant and not gpu and len(self.slots) > 1
                              and flash != llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
@@ -174,6 +184,8 @@ class LlamaEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         job = self._make_job(request)
+        if self.disk is not None:  # a file read: off the decode thread, before the job gets a slot
+            job.disk_looked, job.restore = True, await asyncio.to_thread(self._from_disk, job.prompt)
         self._submit(job)
         done = False
         try:
@@ -220,7 +232,18 @@ class LlamaEngine(Engine):
             requests=self.n_requests, slots=[s.describe() for s in self.slots],
             speculative=self.speculative, spec_verify_rows=self.spec_rows,
             spec_draft_tokens=self.n_drafted, spec_accepted_tokens=self.n_accepted,
+            prefix_cache=self._tier_stats(used),
         )
+
+    def _tier_stats(self, cells_used: int) -> dict[str, dict[str, int]]:
+        """Each prefix cache tier's numbers (EngineStats.prefix_cache): slot, and ram and disk when they are on."""
+        out = {"slot": {**self.slot_tier.as_dict(), "bytes": int(cells_used * getattr(self, "_kv_bytes_per_cell", 0)),
+                        "entries": sum(s.n_past > 0 for s in self.slots)}}
+        if self.ram is not None:
+            out["ram"] = self.ram.describe()
+        if self.disk is not None:
+            out["disk"] = self.disk.describe()
+        return out
 
     def seq_state_bytes(self, slot_id: int) -> int:
         """Bytes of the KV data a slot holds now (measured by llama.cpp's state writer)."""
@@ -232,6 +255,10 @@ class LlamaEngine(Engine):
                 self._stop = True
                 self._cv.notify()
             self._thread.join(timeout=30)
+            if self._persister is not None and self._persist_q is not None:
+                self._persist_q.put(None)  # after the snapshots still queued: a restart finds them written
+                self._persister.join(timeout=60)
+                self._persister = None
             llama_cpp.llama_batch_free(self.batch)
             llama_cpp.llama_free(self.ctx)
             self.ctx = None
@@ -320,7 +347,7 @@ class LlamaEngine(Engine):
                     # how far _start got with the slot's KV is unknown: leave the slot empty
                     llama_cpp.llama_memory_seq_rm(self.mem, best.id, 0, -1)
                     best.cache.clear()
-                    best.exact = 0
+                    best.exact = best.floor = 0
                 if best.job is job:
                     self._release(best)  # frees the job's samplers too
                 else:
@@ -371,10 +398,19 @@ class LlamaEngine(Engine):
             job.min_chain = SamplerChain(m.vocab, m.n_vocab, req.sampling, suppress_tokens=self._eog)
         job.stopper = StopMatcher(req.stop) if req.stop else None
         reuse = min(common_prefix(slot.cache, job.prompt), len(job.prompt) - 1)
+        if not self.window.keeps(slot.floor, reuse):  # a slot restored from a snapshot is cut no lower than that
+            reuse = 0
+        found = self._cached(job, reuse) if self.ram is not None or job.disk_looked else None
+        if slot.n_past - reuse >= SHARE_MIN_TOKENS or found is not None:  # the slot gives up what it holds
+            self.slot_tier.evictions += 1
+            self._save_to_ram(slot, keep=reuse if found is None else 0)
+        restored = self._restore(slot, *found) if found is not None else 0
+        if found is not None:
+            reuse = restored
         grid = self.prefill_grid
         line = reuse // grid * grid
         if (self.share_prefixes and reuse - line < SHARE_MIN_TOKENS and line <= slot.exact
-                and len(job.prompt) - 1 >= line + grid):
+                and len(job.prompt) - 1 >= line + grid and self.window.keeps(slot.floor, line)):
             # a few tokens past a grid line (a BOS, a short earlier prompt) and at least a whole chunk more to
             # prefill: computing those few again keeps this prefill on the grid from position 0, so its chunks
             # can be copied by other slots (_borrow)
@@ -384,6 +420,8 @@ class LlamaEngine(Engine):
             reuse = 0
         del slot.cache[reuse:]
         slot.exact = min(slot.exact, reuse) // grid * grid
+        if reuse == 0:
+            slot.floor = 0
         slot.job, job.n_reused, job.started = job, reuse, time.perf_counter()
         slot.pending = job.prompt[reuse:]
         self.n_requests += 1
@@ -392,9 +430,173 @@ class LlamaEngine(Engine):
         if self.share_prefixes:  # what other slots hold now, and then what one of them is still prefilling
             self._borrow(slot)
             slot.share_wait = self._donor_to_wait_for(slot)
+        from_slots = job.n_reused - min(restored, job.n_reused)
+        self.slot_tier.tokens += from_slots
+        if from_slots:
+            self.slot_tier.hits += 1
+        else:
+            self.slot_tier.misses += 1
         if self.speculative == "ngram":  # a fresh index over this job's context (the slot's cache from here on)
             self._ngram[slot.id] = NgramDraft(self.cfg.spec_ngram_min, self.cfg.spec_ngram_max)
         self._advance_prefill(slot)
+
+    # ------------------------------------------------------------------ prefix caches (RAM, disk)
+    def _setup_prefix_caches(self, cuttable: bool, type_k: int, type_v: int, flash: int, gpu: bool) -> None:
+        """The RAM and disk tiers as configured, for a model whose KV can be cut at any position (a recurrent
+        state cannot be restored up to a part of it). Their identity is everything a KV state depends on."""
+        cfg = self.cfg
+        ram = (cfg.prefix_cache_bytes if cfg.prefix_cache_bytes is not None
+               else int(self._kv_bytes_per_cell * self.n_ctx_slot * len(self.slots)))
+        disk = cfg.prefix_cache_disk_bytes if cfg.prefix_cache_dir else 0
+        n_swa = int(llama_cpp.llama_model_n_swa(self.model.ptr))
+        # a sliding window of another shape than llama.cpp's standard one (Llama 4's chunks), or one whose cells
+        # llama.cpp prunes as it goes (swa_full off): where a restored sequence may be cut is not known
+        if not cuttable or not (ram or disk) or (n_swa and (not cfg.swa_full or self.model.architecture == "llama4")):
+            return
+        self.window = Window(n_swa)
+        src = self.template.source if self.template is not None else ""
+        identity = Identity.of(
+            model=file_fingerprint(cfg.model_path), llama_cpp=llama_cpp.__version__,
+            system=llama_cpp.llama_print_system_info().decode(errors="replace"),
+            template=hashlib.blake2b(src.encode(), digest_size=16).hexdigest(), type_k=type_k, type_v=type_v,
+            flash_attn=flash, n_ctx_slot=self.n_ctx_slot, swa_full=cfg.swa_full, repack=not cfg.batch_invariant,
+            gpu_layers=cfg.gpu_layers if gpu else 0, threads=self.threads,
+            threads_batch=cfg.threads_batch or self.threads,
+            prefill_grid=self.prefill_grid, n_ubatch=cfg.n_ubatch)
+        self.identity = identity
+        if ram:
+            self.ram = RamPrefixCache(ram, identity, self.window)
+        if disk:
+            try:
+                self.disk = DiskPrefixCache(cfg.prefix_cache_dir, disk, identity, self.window)
+            except OSError as e:  # a read-only or missing shared volume: serve without the disk tier
+                log.warning("%s: no disk prefix cache in %s: %s", cfg.name, cfg.prefix_cache_dir, e)
+                return
+            self._persist_q = queue.Queue(maxsize=4)
+            self._persister = threading.Thread(target=self._persist_loop, name=f"kronk-persist-{cfg.name}",
+                                               daemon=True)
+            self._persister.start()
+
+    def _from_disk(self, prompt: list[int]) -> tuple[Snapshot, int] | None:
+        """The disk tier's snapshot for ``prompt`` (read and verified), when it holds at least SHARE_MIN_TOKENS
+        more of it than any slot or the RAM tier (looked at without locks: a hint; _start decides)."""
+        assert self.disk is not None
+        limit = len(prompt) - 1
+        n = self.disk.best_match(prompt, limit)
+        if n < SHARE_MIN_TOKENS:
+            return None
+        have = max((common_prefix(list(s.cache), prompt, limit) for s in self.slots), default=0)
+        if self.ram is not None:
+            got = self.ram.find(prompt, limit)
+            have = max(have, got[1] if got else 0)
+        if n < have + SHARE_MIN_TOKENS:
+            return None
+        return self.disk.load(prompt, limit)
+
+    def _cached(self, job: Job, reuse: int) -> tuple[str, Snapshot, int] | None:
+        """The RAM or disk snapshot to restore for ``job`` (its tier, the snapshot, the tokens it gives): the
+        longest, when it gives at least SHARE_MIN_TOKENS more than the slot's own ``reuse``. Counts the tiers'
+        hits and misses."""
+        limit = len(job.prompt) - 1
+        if reuse >= limit:
+            return None
+        options: list[tuple[str, Snapshot, int]] = []
+        if self.ram is not None:
+            got = self.ram.find(job.prompt, limit)
+            if got is not None:
+                options.append(("ram", got[0], got[1]))
+        if job.restore is not None:
+            snap, n = job.restore
+            job.restore = None
+            options.append(("disk", snap, common_prefix(snap.tokens, job.prompt, limit)))
+        best = max(options, key=lambda o: o[2], default=None)
+        if best is not None and best[2] < reuse + SHARE_MIN_TOKENS:
+            best = None
+        for tier, cache in (("ram", self.ram), ("disk", self.disk if job.disk_looked else None)):
+            if cache is not None and (best is None or best[0] != tier):
+                cache.counters.misses += 1
+        return best
+
+    def _restore(self, slot: Slot, tier: str, snap: Snapshot, n: int) -> int:
+        """Load ``snap`` into ``slot``'s sequence (it replaces what the slot held): the tokens it gives the
+        prompt, ``n``; 0 when llama.cpp refused the data (the slot is then empty and the snapshot dropped)."""
+        llama_cpp.llama_memory_seq_rm(self.mem, slot.id, 0, -1)
+        slot.cache.clear()
+        slot.exact = slot.floor = 0
+        size = len(snap.data)
+        buf = ((ctypes.c_uint8 * size).from_buffer(snap.data) if isinstance(snap.data, bytearray)
+               else (ctypes.c_uint8 * size).from_buffer_copy(snap.data))
+        cache = self.ram if tier == "ram" else self.disk
+        assert cache is not None
+        if llama_cpp.llama_state_seq_set_data(self.ctx, buf, size, slot.id) != size:
+            log.warning("%s: llama.cpp refused a %s prefix cache snapshot of %d tokens", self.name, tier,
+                        len(snap.tokens))
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.id, 0, -1)
+            if isinstance(cache, RamPrefixCache):
+                cache.discard(snap)
+            cache.counters.misses += 1
+            return 0
+        slot.cache = list(snap.tokens)
+        slot.exact = snap.exact
+        slot.floor = self.window.floor(len(snap.tokens))  # llama.cpp restores the sliding window's cells only
+        cache.counters.hits += 1
+        cache.counters.tokens += n
+        return n
+
+    def _snapshot(self, slot: Slot) -> Snapshot | None:
+        """What ``slot``'s sequence holds, as llama.cpp's state bytes."""
+        size = int(llama_cpp.llama_state_seq_get_size(self.ctx, slot.id))
+        data = bytearray(size)
+        if size == 0 or llama_cpp.llama_state_seq_get_data(
+                self.ctx, (ctypes.c_uint8 * size).from_buffer(data), size, slot.id) != size:
+            return None
+        return Snapshot(tuple(slot.cache), slot.exact, data, self.identity.digest)
+
+    def _save_to_ram(self, slot: Slot, keep: int) -> None:
+        """Keep what ``slot`` holds in the RAM tier before the slot gives it up, down to its first ``keep`` tokens
+        (unless it is short, or there). A sliding-window model's snapshot serves only prompts that hold it
+        whole (prefix_cache.Window), so for these the slot's exact prefix (a shared system prompt) is kept too,
+        as a snapshot of its own: the slot is cut to it first (``keep`` is at most that)."""
+        ram, w = self.ram, self.window
+        if ram is None or slot.n_past < SAVE_MIN_TOKENS:
+            return
+        if not ram.covers(slot.cache):
+            snap = self._snapshot(slot)
+            if snap is not None:
+                ram.put(snap)
+        exact = slot.exact
+        if (w.n_swa and keep <= exact and SAVE_MIN_TOKENS <= exact < slot.n_past
+                and w.keeps(slot.floor, exact) and not ram.covers(slot.cache[:exact])
+                and llama_cpp.llama_memory_seq_rm(self.mem, slot.id, exact, -1)):
+            del slot.cache[exact:]
+            snap = self._snapshot(slot)
+            if snap is not None:
+                ram.put(snap)
+
+    def _persist(self, slot: Slot) -> None:
+        """Queue what a finished request's slot holds for the disk tier (written by the persister thread); skipped
+        when it is short, already on disk, or the writer is behind."""
+        q = self._persist_q
+        if (self.disk is None or q is None or slot.n_past < self.cfg.persist_min_tokens or q.full()
+                or self.disk.holds(slot.cache)):
+            return
+        snap = self._snapshot(slot)
+        if snap is not None:
+            try:
+                q.put_nowait(snap)
+            except queue.Full:
+                pass
+
+    def _persist_loop(self) -> None:
+        assert self._persist_q is not None and self.disk is not None
+        while True:
+            snap = self._persist_q.get()
+            if snap is None:
+                return
+            try:
+                self.disk.write(snap)
+            except OSError as e:  # a full or read-only volume: the conversation just is not kept
+                log.warning("%s: could not write a prefix cache file: %s", self.name, e)
 
     # ------------------------------------------------------------------ shared prefixes
     def _borrow(self, s: Slot) -> None:
@@ -409,7 +611,7 @@ class LlamaEngine(Engine):
             if t is s or t.exact < best + SHARE_MIN_TOKENS:
                 continue
             n = common_prefix(t.cache, job.prompt, min(t.exact, limit)) // grid * grid
-            if n >= best + SHARE_MIN_TOKENS:
+            if n >= best + SHARE_MIN_TOKENS and self.window.keeps(t.floor, n):
                 donor, best = t, n
         if donor is None:
             return
@@ -417,7 +619,7 @@ class LlamaEngine(Engine):
         if not llama_cpp.llama_memory_seq_rm(self.mem, s.id, best, -1):  # cannot happen outside recurrent models
             llama_cpp.llama_memory_seq_rm(self.mem, s.id, 0, -1)
             s.cache.clear()
-            s.exact = 0
+            s.exact = s.floor = 0
             s.pending = list(job.prompt)
             self.n_reused -= job.n_reused
             job.n_reused = 0
@@ -425,6 +627,7 @@ class LlamaEngine(Engine):
         gained = best - job.n_reused
         s.cache = donor.cache[:best]
         s.exact = best
+        s.floor = donor.floor
         s.pending = job.prompt[best:]
         job.n_reused = best
         self.n_reused += gained
@@ -443,7 +646,8 @@ class LlamaEngine(Engine):
                 continue
             limit = min(len(job.prompt), len(t.job.prompt)) - 1
             target = common_prefix(t.job.prompt, job.prompt, limit) // grid * grid
-            if target >= s.n_past + SHARE_MIN_TOKENS and target > t.exact and (best is None or target > best[2]):
+            if (target >= s.n_past + SHARE_MIN_TOKENS and target > t.exact and self.window.keeps(t.floor, target)
+                    and (best is None or target > best[2])):
                 best = (t, t.job, target)
         return best
 
@@ -704,6 +908,7 @@ class LlamaEngine(Engine):
                 rest = text if hit else text + job.stopper.flush()
             job.out_text.append(rest)
         n_past = s.n_past
+        self._persist(s)
         self._release(s)  # free the slot before the caller hears of the end
         job.flush(reason, context_tokens=n_past)
 
@@ -723,7 +928,7 @@ class LlamaEngine(Engine):
                 self._release(s)
             llama_cpp.llama_memory_seq_rm(self.mem, s.id, 0, -1)
             s.cache.clear()
-            s.exact = 0
+            s.exact = s.floor = 0
 
     def _estimate_kv_bytes_per_cell(self) -> float:
         m = self.model

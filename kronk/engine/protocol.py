@@ -139,6 +139,9 @@ class EngineStats:
     spec_accepted_tokens: int = 0
     # prompt tokens copied from another slot's KV instead of computed (a part of prompt_tokens_reused)
     prompt_tokens_shared: int = 0
+    # each prefix cache tier's numbers (slot; ram and disk when on): hits, misses, tokens, evictions, writes,
+    # bytes, entries (and budget_bytes for ram and disk); see kronk/engine/prefix_cache.py
+    prefix_cache: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class Engine(abc.ABC):

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
+from kronk.engine.prefix_cache import Snapshot
 from kronk.engine.protocol import GenerationChunk, GenerationRequest, Timings, TokenLogprob, Usage
 from kronk.engine.repetition import RepetitionGuard
 from kronk.engine.sampling import SamplerChain
@@ -41,6 +42,10 @@ class Job:
     out_text: list[str] = field(default_factory=list)
     out_tokens: list[int] = field(default_factory=list)
     out_logprobs: list[TokenLogprob] = field(default_factory=list)  # one per out_tokens when request.logprobs
+    # the disk prefix cache's snapshot for this prompt and the tokens it holds of it, read before submission
+    # (kronk/engine/engine.py, _from_disk); disk_looked: the disk tier was looked in
+    restore: tuple[Snapshot, int] | None = None
+    disk_looked: bool = False
     # fed each sampled token when the request is guarded (GenerationRequest.guarded)
     guard: RepetitionGuard | None = field(default=None, init=False)
 
@@ -94,6 +99,9 @@ class Slot:
     # they were evaluated in whole chunks of the prefill grid from position 0 (a multiple of the grid). Only
     # these are shared with another slot (kronk/engine/engine.py, "Shared prefixes").
     exact: int = 0
+    # The first position whose sliding-window cells the sequence holds (0: all): a slot restored from a snapshot
+    # of a sliding-window model holds only that window, and is cut no lower (prefix_cache.Window)
+    floor: int = 0
     # (slot, its job, position): this slot's prefill waits until that slot, still prefilling that job, has
     # computed the prefix the two prompts share up to position, then copies it instead of computing it again
     share_wait: tuple[Slot, Job, int] | None = None

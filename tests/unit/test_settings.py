@@ -92,7 +92,8 @@ def test_resolved_model_leaves_nothing_for_downstream_to_default() -> None:
     # only fields whose None means "decided where it runs / from the GGUF" stay None
     assert {f for f, v in r.model_dump().items() if v is None} == {
         "source", "tensor_split", "threads", "threads_batch", "embedding", "chat_template",
-        "draft_model"}  # no draft model unless the model names one (speculative: draft)
+        "draft_model",  # no draft model unless the model names one (speculative: draft)
+        "prefix_cache_bytes"}  # the engine sizes it as its slots' KV cache
     assert (r.cache_type_k, r.cache_type_v) == ("f16", "f16")
     assert r.target_ongoing_requests == 6.0 and r.max_ongoing_requests == 6 + 64  # parallel + max_queued
     assert r.initial_replicas == 3 and r.max_replicas == 3  # max at least min
