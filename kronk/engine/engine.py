@@ -404,9 +404,9 @@ class LlamaEngine(Engine):
         if slot.n_past - reuse >= SHARE_MIN_TOKENS or found is not None:  # the slot gives up what it holds
             self.slot_tier.evictions += 1
             self._save_to_ram(slot, keep=reuse if found is None else 0)
-        restored = self._restore(slot, *found) if found is not None else 0
         if found is not None:
-            reuse = restored
+            reuse = self._restore(slot, *found)
+            job.from_tier = (found[0], reuse) if reuse else None
         grid = self.prefill_grid
         line = reuse // grid * grid
         if (self.share_prefixes and reuse - line < SHARE_MIN_TOKENS and line <= slot.exact
@@ -430,12 +430,7 @@ class LlamaEngine(Engine):
         if self.share_prefixes:  # what other slots hold now, and then what one of them is still prefilling
             self._borrow(slot)
             slot.share_wait = self._donor_to_wait_for(slot)
-        from_slots = job.n_reused - min(restored, job.n_reused)
-        self.slot_tier.tokens += from_slots
-        if from_slots:
-            self.slot_tier.hits += 1
-        else:
-            self.slot_tier.misses += 1
+        self._count_tiers(job)
         if self.speculative == "ngram":  # a fresh index over this job's context (the slot's cache from here on)
             self._ngram[slot.id] = NgramDraft(self.cfg.spec_ngram_min, self.cfg.spec_ngram_max)
         self._advance_prefill(slot)
@@ -539,9 +534,25 @@ class LlamaEngine(Engine):
         slot.cache = list(snap.tokens)
         slot.exact = snap.exact
         slot.floor = self.window.floor(len(snap.tokens))  # llama.cpp restores the sliding window's cells only
-        cache.counters.hits += 1
-        cache.counters.tokens += n
         return n
+
+    def _count_tiers(self, job: Job) -> None:
+        """Where a started job's reused prompt tokens came from: a RAM or disk restore (what is left of it after
+        the grid rounding), and the slots (its own, or a copy of another's) for the rest."""
+        restored = 0
+        if job.from_tier is not None:
+            tier, n = job.from_tier
+            cache = self.ram if tier == "ram" else self.disk
+            restored = min(n, job.n_reused)
+            if cache is not None and restored:
+                cache.counters.hits += 1
+                cache.counters.tokens += restored
+        from_slots = job.n_reused - restored
+        self.slot_tier.tokens += from_slots
+        if from_slots:
+            self.slot_tier.hits += 1
+        else:
+            self.slot_tier.misses += 1
 
     def _snapshot(self, slot: Slot) -> Snapshot | None:
         """What ``slot``'s sequence holds, as llama.cpp's state bytes."""
@@ -625,6 +636,7 @@ class LlamaEngine(Engine):
             job.n_reused = 0
             return
         gained = best - job.n_reused
+        job.from_tier = None  # a restore into s (if any) is replaced by the longer copy
         s.cache = donor.cache[:best]
         s.exact = best
         s.floor = donor.floor

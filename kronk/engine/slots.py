@@ -46,6 +46,7 @@ class Job:
     # (kronk/engine/engine.py, _from_disk); disk_looked: the disk tier was looked in
     restore: tuple[Snapshot, int] | None = None
     disk_looked: bool = False
+    from_tier: tuple[str, int] | None = None  # the tier ("ram", "disk") that restored how many of its tokens
     # fed each sampled token when the request is guarded (GenerationRequest.guarded)
     guard: RepetitionGuard | None = field(default=None, init=False)
 

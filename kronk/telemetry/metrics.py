@@ -185,6 +185,19 @@ class Recorder:
             self.store.set(spec.name, key, now)
             if now > int(last.get(field) or 0):
                 self._forward(spec, "inc", now - int(last.get(field) or 0), tags)
+        # the prefix cache tiers: the same for their counters, labelled by tier; their bytes as a gauge
+        last_tiers = last.get("prefix_cache") or {}
+        for tier, now_tier in (getattr(st, "prefix_cache", None) or {}).items():
+            before = last_tiers.get(tier) or {}
+            for spec, field in specs.PREFIX_COUNTERS:
+                now = int(now_tier.get(field, 0))
+                if now <= 0:
+                    continue
+                key, tags = self._key(spec, {"tier": tier})
+                self.store.set(spec.name, key, now)
+                if now > int(before.get(field) or 0):
+                    self._forward(spec, "inc", now - int(before.get(field) or 0), tags)
+            self.set(specs.PREFIX_BYTES, int(now_tier.get("bytes", 0)), tier=tier)
         drafted = int(getattr(st, "spec_draft_tokens", 0))
         self.set(specs.SPEC_ACCEPTANCE, int(getattr(st, "spec_accepted_tokens", 0)) / drafted if drafted else 0.0)
         self.engine = {k: v for k, v in asdict(st).items() if k != "slots"}

@@ -71,6 +71,20 @@ SPEC_ACCEPTED = Spec("kronk_spec_accepted_tokens_total", "counter", "Speculative
                      "accepted (each one a token generated without a decode step of its own).")
 SHARED_TOKENS = Spec("kronk_prompt_tokens_shared_total", "counter", "Prompt tokens copied from another slot's KV "
                      "instead of prefilled (shared prefixes; a part of kronk_prompt_tokens_reused_total).")
+PREFIX_HITS = Spec("kronk_prefix_cache_hits_total", "counter", "Requests that got prompt tokens from a prefix "
+                   "cache tier: slot (their slot, or another slot's copy), ram (a snapshot in host memory), disk (a "
+                   "file in prefix_cache_dir).", (*BASE_LABELS, "tier"))
+PREFIX_MISSES = Spec("kronk_prefix_cache_misses_total", "counter", "Requests that looked in a prefix cache tier and "
+                     "got nothing from it.", (*BASE_LABELS, "tier"))
+PREFIX_TOKENS = Spec("kronk_prefix_cache_tokens_total", "counter", "Prompt tokens a prefix cache tier served "
+                     "instead of a prefill.", (*BASE_LABELS, "tier"))
+PREFIX_EVICTIONS = Spec("kronk_prefix_cache_evictions_total", "counter", "What a prefix cache tier gave up: slot "
+                        "contents a new prompt replaced, snapshots and files dropped for room.", (*BASE_LABELS, "tier"))
+PREFIX_BYTES = Spec("kronk_prefix_cache_bytes", "gauge", "Bytes a prefix cache tier holds (slot: the KV cells in "
+                    "use).", (*BASE_LABELS, "tier"))
+# The prefix cache tiers' counters, as EngineStats.prefix_cache names them
+PREFIX_COUNTERS = ((PREFIX_HITS, "hits"), (PREFIX_MISSES, "misses"), (PREFIX_TOKENS, "tokens"),
+                   (PREFIX_EVICTIONS, "evictions"))
 SPEC_ACCEPTANCE = Spec("kronk_spec_acceptance_ratio", "gauge", "Speculative decoding: accepted / drafted tokens "
                        "since the replica started (0 before any draft).")
 PULL_JOBS = Spec("kronk_pull_jobs_total", "counter", "Pull jobs that ended, by status (succeeded, failed, "
@@ -92,5 +106,6 @@ POOL_SPECS = (MODEL_EVENTS, MODEL_LOAD_TIME, POOL_BYTES, POOL_BUDGET)
 SPECS: dict[str, Spec] = {s.name: s for s in (
     REQUESTS, QUEUE_WAIT, TTFT, ITL, PROMPT_TOKENS, REUSED_TOKENS, COMPLETION_TOKENS, DECODE_TPS, PREFILL_TPS,
     KV_USED, KV_TOTAL, ACTIVE, WAITING, SPEC_DRAFTED, SPEC_ACCEPTED, SHARED_TOKENS, SPEC_ACCEPTANCE, PULL_JOBS,
+    PREFIX_HITS, PREFIX_MISSES, PREFIX_TOKENS, PREFIX_EVICTIONS, PREFIX_BYTES,
     PULL_BYTES, PULL_FAILURES, MODEL_EVENTS, MODEL_LOAD_TIME,
     POOL_BYTES, POOL_BUDGET)}

@@ -179,6 +179,7 @@ def summarize(snapshots: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "kv": {"cells_used": used, "cells_total": cells, "usage": round(used / cells, 4) if cells else None},
             "active": total(specs.ACTIVE), "waiting": total(specs.WAITING),
             "speculative": _speculative(total(specs.SPEC_DRAFTED), total(specs.SPEC_ACCEPTED)),
+            "prefix_cache": _tiers(series),
             "engine": _sum_engines(engines.get(model, [])),
         }
     return out
@@ -187,6 +188,18 @@ def summarize(snapshots: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 _ENGINE_SUMS = ("n_slots", "active", "waiting", "kv_cells_used", "kv_cells_total", "kv_bytes", "prompt_tokens",
                 "prompt_tokens_reused", "prompt_tokens_shared", "completion_tokens", "requests", "spec_draft_tokens",
                 "spec_accepted_tokens")
+
+
+def _tiers(series: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Each prefix cache tier's numbers over the model's replicas: hits, misses, tokens, evictions, bytes."""
+    out: dict[str, dict[str, int]] = {}
+    for spec, field in (*specs.PREFIX_COUNTERS, (specs.PREFIX_BYTES, "bytes")):
+        for s in series:
+            if s["name"] == spec.name:
+                tier = out.setdefault(s["labels"].get("tier", ""), dict.fromkeys(
+                    ("hits", "misses", "tokens", "evictions", "bytes"), 0))
+                tier[field] += int(s["value"])
+    return out
 
 
 def _speculative(drafted: int, accepted: int) -> dict[str, Any]:

@@ -149,6 +149,9 @@ def test_metrics_endpoint_agrees_with_the_responses(app):
         # counted with speculation on (test_speculative) or once prompts share a prefix (test_engine) only
         if spec in (specs.SPEC_DRAFTED, specs.SPEC_ACCEPTED, specs.SHARED_TOKENS):
             continue
+        # by tier: a tier's counter appears once it counted something (checked below against the reused tokens)
+        if spec in (specs.PREFIX_HITS, specs.PREFIX_MISSES, specs.PREFIX_TOKENS, specs.PREFIX_EVICTIONS):
+            continue
         name = spec.name + ("_count" if spec.kind == "histogram" else "")
         series = [dict(lb) for n, lb in s if n == name]
         assert series, f"{name} missing"
@@ -157,6 +160,13 @@ def test_metrics_endpoint_agrees_with_the_responses(app):
     # tokens equal the usage totals; TTFT > 0
     assert value(s, "kronk_prompt_tokens_total", **m) == t["prompt"]
     assert value(s, "kronk_prompt_tokens_reused_total", **m) == t["reused"] > 0
+    # every reused token came from one prefix cache tier; the slot tier's KV in use is a gauge with bytes
+    tiers: dict[str, float] = {}
+    for (n, lb), v in s.items():
+        if n == "kronk_prefix_cache_tokens_total" and dict(lb).get("model") == GEMMA:
+            tiers[dict(lb)["tier"]] = tiers.get(dict(lb)["tier"], 0) + v
+    assert sum(tiers.values()) == t["reused"] and tiers.get("slot", 0) > 0, tiers
+    assert value(s, "kronk_prefix_cache_bytes", tier="slot", **m) > 0
     assert value(s, "kronk_completion_tokens_total", **m) == t["completion"]
     assert value(s, "kronk_ttft_seconds_count", **m) == t["generations"]
     assert value(s, "kronk_ttft_seconds_sum", **m) > 0

@@ -66,10 +66,30 @@ def test_generation_numbers():
     assert one.decode_tok_s is None and one.inter_token_latency_s is None and one.prefill_tok_s is None
 
 
-def engine_stats(used: int, active: int = 0) -> EngineStats:
+def engine_stats(used: int, active: int = 0, tiers: dict | None = None) -> EngineStats:
     return EngineStats(model="m", n_slots=4, n_ctx_slot=1024, active=active, waiting=1, kv_cells_used=used,
                        kv_cells_total=4096, kv_bytes=1, prompt_tokens=0, prompt_tokens_reused=0,
-                       completion_tokens=0, requests=0, slots=[])
+                       completion_tokens=0, requests=0, slots=[], prefix_cache=tiers or {})
+
+
+def test_prefix_cache_tiers_reach_prometheus_and_the_summary():
+    """Per tier and model: counters since the engine started (a series once above 0), bytes as a gauge; a later
+    sample adds only what is new."""
+    rec = Recorder("llm", "r1", model="m", use_sink=False)
+    tier = {"hits": 2, "misses": 1, "tokens": 512, "evictions": 0, "writes": 1, "bytes": 4096, "entries": 1}
+    rec.on_engine_stats(engine_stats(10, tiers={"slot": {**tier, "tokens": 40}, "ram": tier}))
+    rec.on_engine_stats(engine_stats(10, tiers={"slot": {**tier, "tokens": 40}, "ram": {**tier, "hits": 3,
+                                                                                     "tokens": 768}}))
+    samples = prometheus.parse(prometheus.render([rec.snapshot()]))
+    value = {(n, tuple(sorted(lb.items()))): v for n, lb, v in samples}
+    ram = (("model", "m"), ("replica", "r1"), ("tier", "ram"))
+    assert value[("kronk_prefix_cache_hits_total", ram)] == 3
+    assert value[("kronk_prefix_cache_tokens_total", ram)] == 768
+    assert value[("kronk_prefix_cache_bytes", ram)] == 4096
+    assert ("kronk_prefix_cache_evictions_total", ram) not in value  # never above 0
+    m = summarize([rec.snapshot()])["m"]
+    assert m["prefix_cache"]["ram"] == {"hits": 3, "misses": 1, "tokens": 768, "evictions": 0, "bytes": 4096}
+    assert m["prefix_cache"]["slot"]["tokens"] == 40
 
 
 def replica(tag: str, gens: list[tuple[int, int, int, float, int]]) -> Recorder:
