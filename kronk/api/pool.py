@@ -76,6 +76,10 @@ def plan_model(settings: Settings, model: str, budget: int) -> LoadPlan:
                             param="model") from None
     chosen = {"ctx_size": tuned.n_ctx, "parallel": tuned.parallel, "kv_cache_type": tuned.cache_type_k}
     est = estimate_for(shape, engine_config(settings, ModelConfig(name=model, **chosen), path, manifest))
+    if est.total_bytes > budget and resolved.prefix_cache_bytes is None:
+        # the RAM prefix cache (as large as the KV cache when unset) gets what the budget leaves after the rest
+        chosen["prefix_cache_bytes"] = max(0, budget - (est.total_bytes - est.prefix_cache_bytes))
+        est = estimate_for(shape, engine_config(settings, ModelConfig(name=model, **chosen), path, manifest))
     log.info("pool model %s: %s, about %s (%s)", model, chosen, est.describe(),
              "; ".join(tuned.reasons) or "as configured")
     return LoadPlan(int(est.total_bytes), chosen)

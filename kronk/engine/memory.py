@@ -18,6 +18,7 @@ same context sizing the engine uses. docs/memory.md says how it was measured.
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import re
 import struct
@@ -360,20 +361,25 @@ class MemoryEstimate:
     overhead_bytes: int
     kv_cells: int = 0  # KV cells of the global layers, all slots
     kv_cells_swa: int = 0  # of the sliding-window layers (the same as kv_cells when swa_full)
+    # the RAM prefix cache's budget (kronk/engine/prefix_cache.py): it fills as slots give prompts up
+    prefix_cache_bytes: int = 0
     total_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        total = self.weights_bytes + self.kv_bytes + self.compute_bytes + self.overhead_bytes
+        total = (self.weights_bytes + self.kv_bytes + self.compute_bytes + self.overhead_bytes
+                 + self.prefix_cache_bytes)
         object.__setattr__(self, "total_bytes", total)
 
     def describe(self) -> str:
+        cache = f" + prefix cache {format_bytes(self.prefix_cache_bytes)}" if self.prefix_cache_bytes else ""
         return (f"{format_bytes(self.total_bytes)} = weights {format_bytes(self.weights_bytes)} + KV "
                 f"{format_bytes(self.kv_bytes)} + compute {format_bytes(self.compute_bytes)} + other "
-                f"{format_bytes(self.overhead_bytes)}")
+                f"{format_bytes(self.overhead_bytes)}{cache}")
 
     def as_dict(self) -> dict[str, int]:
         return {"weights_bytes": self.weights_bytes, "kv_bytes": self.kv_bytes,
                 "compute_bytes": self.compute_bytes, "overhead_bytes": self.overhead_bytes,
+                "prefix_cache_bytes": self.prefix_cache_bytes,
                 "total_bytes": self.total_bytes, "kv_cells": self.kv_cells, "kv_cells_swa": self.kv_cells_swa}
 
 
@@ -442,7 +448,9 @@ def estimate_for(model: str | Path | ModelShape, cfg: EngineConfig, *, embedding
     """The estimate for what ``LlamaEngine(cfg)`` allocates: the context per slot capped at the trained
     context, ``parallel`` streams (kv_unified off), cfg's batch sizes, KV types, swa_full and flash attention
     as the engine resolves them. The embeddings context (created on the first /v1/embeddings call) counts
-    when ``embeddings`` is true, or when None for an embedding model (its only context)."""
+    when ``embeddings`` is true, or when None for an embedding model (its only context). So does the RAM
+    prefix cache's budget (``prefix_cache_bytes``; unset: the size of the slots' KV cache), all of which it may
+    fill."""
     shape = model if isinstance(model, ModelShape) else read_shape(model)
     pooled = cfg.embedding if cfg.embedding is not None else shape.pooling
     ctx = min(cfg.ctx_size, shape.n_ctx_train) if shape.n_ctx_train > 0 else cfg.ctx_size
@@ -453,6 +461,8 @@ def estimate_for(model: str | Path | ModelShape, cfg: EngineConfig, *, embedding
         est = estimate(shape, ctx, cfg.parallel, cfg.cache_type_k, cfg.cache_type_v, cfg.batch_size,
                        cfg.n_ubatch, swa_full=cfg.swa_full, flash_attn=flash, prefill_chunk=cfg.prefill_chunk,
                        gpu=gpu)
+        cache = cfg.prefix_cache_bytes if cfg.prefix_cache_bytes is not None else est.kv_bytes
+        est = dataclasses.replace(est, prefix_cache_bytes=cache)
     if embeddings or (embeddings is None and pooled):
         est = _plus_embeddings(shape, est, cfg.embedding_ctx, gpu)
     return est
@@ -469,4 +479,4 @@ def _plus_embeddings(shape: ModelShape, est: MemoryEstimate, embedding_ctx: int,
     e = estimate(shape, ctx, 1, n_batch=EMBEDDING_UBATCH, n_ubatch=min(EMBEDDING_UBATCH, ctx), swa_full=True,
                  kv_unified=True, gpu=gpu)  # one stream of ctx cells (the window of its SWA layers: all of it)
     return MemoryEstimate(est.weights_bytes, est.kv_bytes + e.kv_bytes, est.compute_bytes + e.compute_bytes,
-                          est.overhead_bytes, est.kv_cells, est.kv_cells_swa)
+                          est.overhead_bytes, est.kv_cells, est.kv_cells_swa, est.prefix_cache_bytes)
