@@ -185,7 +185,11 @@ class LlamaEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         job = self._make_job(request)
         if self.disk is not None:  # a file read: off the decode thread, before the job gets a slot
-            job.disk_looked, job.restore = True, await asyncio.to_thread(self._from_disk, job.prompt)
+            job.disk_looked = True
+            try:
+                job.restore = await asyncio.to_thread(self._from_disk, job.prompt)
+            except OSError as e:  # an unreadable shared volume costs this request its restore, nothing more
+                log.warning("%s: the disk prefix cache could not be read: %s", self.name, e)
         self._submit(job)
         done = False
         try:
@@ -401,9 +405,10 @@ class LlamaEngine(Engine):
         if not self.window.keeps(slot.floor, reuse):  # a slot restored from a snapshot is cut no lower than that
             reuse = 0
         found = self._cached(job, reuse) if self.ram is not None or job.disk_looked else None
-        if slot.n_past - reuse >= SHARE_MIN_TOKENS or found is not None:  # the slot gives up what it holds
+        keep = reuse if found is None else 0
+        if slot.n_past - keep >= SHARE_MIN_TOKENS:  # the slot gives up what it holds
             self.slot_tier.evictions += 1
-            self._save_to_ram(slot, keep=reuse if found is None else 0)
+            self._save_to_ram(slot, keep)
         if found is not None:
             reuse = self._restore(slot, *found)
             job.from_tier = (found[0], reuse) if reuse else None
@@ -555,7 +560,9 @@ class LlamaEngine(Engine):
             self.slot_tier.misses += 1
 
     def _snapshot(self, slot: Slot) -> Snapshot | None:
-        """What ``slot``'s sequence holds, as llama.cpp's state bytes."""
+        """What ``slot``'s sequence holds, as llama.cpp's state bytes (only its cache's tokens: a speculative step
+        that just ended the request still has its draft rows' cells)."""
+        llama_cpp.llama_memory_seq_rm(self.mem, slot.id, slot.n_past, -1)
         size = int(llama_cpp.llama_state_seq_get_size(self.ctx, slot.id))
         data = bytearray(size)
         if size == 0 or llama_cpp.llama_state_seq_get_data(
