@@ -13,7 +13,7 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.ingress import Ingress
-from deployments.llm import LlamaDeployment, deployment_options
+from deployments.llm import LlamaDeployment, deployment_options, prefix_routed
 from deployments.pool import PoolDeployment, pool_options
 from kronk.settings import ModelConfig, Settings, load_settings
 
@@ -25,11 +25,15 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 
 def _one_model(settings: Settings) -> ModelConfig | None:
-    """The one served model when its replicas can take HTTP themselves (no routing ingress), else None."""
+    """The one served model when its replicas can take HTTP themselves (no routing ingress), else None: not when
+    it may scale to zero, nor when its calls are routed by prompt prefix across its replicas (only the routing
+    ingress's handle calls carry a parsed request for deployments/router.py to route)."""
     if len(settings.models) != 1 or settings.ingress != "auto":
         return None
     only = settings.resolved_model(settings.models[0])
-    return only if only.min_replicas != 0 else None  # unset means 1
+    if only.min_replicas == 0 or prefix_routed(only):  # min_replicas unset means 1
+        return None
+    return only
 
 
 def replica_front_problem(settings: Settings, local: bool = True) -> str | None:
@@ -39,6 +43,11 @@ def replica_front_problem(settings: Settings, local: bool = True) -> str | None:
         return "needs a Ray started on this machine for this app (no --address)"
     only = _one_model(settings)
     if only is None:
+        if len(settings.models) == 1 and settings.ingress == "auto" and prefix_routed(
+                settings.resolved_model(settings.models[0])):
+            return ("cannot route by prompt prefix (prefix_routing, on by default for a model with max_replicas > "
+                    "1: a routing ingress sends each chat to the replica that holds its history, behind Serve's "
+                    "proxy); set prefix_routing false to let the replicas take HTTP themselves")
         return ("needs exactly one model, ingress auto and min_replicas >= 1 (a routing ingress or a scaled-to-zero "
                 "model needs Serve's proxy)")
     opts = deployment_options(only)

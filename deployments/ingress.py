@@ -1,4 +1,5 @@
-"""The routing ingress: kronk's FastAPI app over deployment handles, routing each call by ``model``.
+"""The routing ingress: kronk's FastAPI app over deployment handles, routing each call by ``model`` (and, among a
+model's replicas, by prompt prefix: deployments/router.py runs in this process, in each handle's router).
 
 :class:`ServeBackend` is the Serve-handle form of ``kronk.serving.backend.Backend``
 (the in-process form is ``kronk.serving.local.LocalBackend``). What both Serve

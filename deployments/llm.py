@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
-from ray.serve.config import BackpressureConfig
+from ray.serve.config import BackpressureConfig, RequestRouterConfig
 
 from deployments.board import start_publisher_in_actor
 from kronk.errors import EngineOverloaded, KronkError, ModelNotFound
@@ -77,9 +77,15 @@ def load_service(settings: Settings, m: ModelConfig) -> ModelService:
     return start_service(settings, m, path, manifest)
 
 
+def prefix_routed(m: ModelConfig) -> bool:
+    """Whether the model's callers route by prompt prefix (deployments/router.py): ``prefix_routing`` on a model
+    that can have more than one replica (the model resolved)."""
+    return bool(m.prefix_routing) and m.max_replicas > 1
+
+
 def deployment_options(m: ModelConfig) -> dict[str, Any]:
     """Serve options for one model, resolved (Settings.resolved_model: every value is set): name, resources,
-    admission, autoscaling.
+    admission, autoscaling, and the request router (prefix affinity: :func:`prefix_routed`).
 
     Admission: a replica takes ``max_ongoing_requests`` at once (its engine runs ``parallel`` of them and lets
     ``max_queued`` wait, shedding the rest with a 503); beyond that, requests wait in Serve's queue at each caller
@@ -104,6 +110,11 @@ def deployment_options(m: ModelConfig) -> dict[str, Any]:
         }
     else:
         opts["num_replicas"] = m.min_replicas
+    if prefix_routed(m):
+        # a replica counts as busy with every slot taken: then the least loaded one takes a call instead
+        opts["request_router_config"] = RequestRouterConfig(
+            request_router_class="deployments.router:PrefixAffinityRouter",
+            request_router_kwargs={"busy_at": m.parallel})
     return opts
 
 

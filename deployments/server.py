@@ -7,7 +7,8 @@ streamed item. ``LlamaServer`` is ``LlamaDeployment`` (same engine, same
 app on it, over a ``LocalBackend`` whose one model is this replica itself: Serve's
 HTTP proxy streams straight from the replica that generates the tokens, and with
 autoscaling the proxy spreads requests over the model's replicas. Several models,
-or a model that may scale to zero, keep the routing ingress (see
+a model that may scale to zero, or one routed by prompt prefix across its replicas
+(``prefix_routing``, deployments/router.py) keep the routing ingress (see
 ``deployments.app.build_app_from_settings``).
 """
 

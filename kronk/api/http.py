@@ -24,6 +24,7 @@ from kronk.api.limits import DEFAULT_LIMITS, INT_MAX_DIGITS, Limits, lone_surrog
 from kronk.api.middleware import request_info, set_model
 from kronk.api.wire import Wire, wire_for
 from kronk.errors import InvalidRequest, ModelNotFound, PayloadTooLarge
+from kronk.serving.affinity import MAX_SESSION_ID
 from kronk.serving.backend import Backend, ModelOps
 from kronk.serving.call import Call, Endpoint, RequestContext
 from kronk.serving.items import Failure, Item
@@ -119,10 +120,14 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 
 def context_of(request: Request) -> RequestContext:
-    """The request's one id (see kronk.api.middleware) and the trace context to continue in the replica:
-    the current (HTTP request) span when tracing is on, else the client's own ``traceparent``."""
+    """The request's one id (see kronk.api.middleware), the trace context to continue in the replica (the
+    current (HTTP request) span when tracing is on, else the client's own ``traceparent``) and the client's
+    ``x-session-id``, which routes a conversation's turns to one replica (a longer one than
+    kronk.serving.affinity.MAX_SESSION_ID is not used)."""
+    session = request.headers.get("x-session-id") or None
     return RequestContext(request_id=request_info(request).request_id,
-                          traceparent=tracing.current_traceparent() or request.headers.get("traceparent"))
+                          traceparent=tracing.current_traceparent() or request.headers.get("traceparent"),
+                          session_id=session if session is not None and len(session) <= MAX_SESSION_ID else None)
 
 
 async def installed_models(backend: Backend) -> list[dict[str, Any]]:

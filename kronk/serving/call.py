@@ -36,11 +36,13 @@ class RequestContext:
 
     ``request_id`` is the client's ``X-Request-ID`` (when valid) or a generated one; it is the engine's request
     id, the response's ``id`` (``chatcmpl-<id>``, ``cmpl-<id>``), the spans' ``kronk.request_id`` and what
-    ``/v1/stats`` shows for the slot that runs it.
+    ``/v1/stats`` shows for the slot that runs it. ``session_id``: the client's ``x-session-id`` (at most
+    kronk.serving.affinity.MAX_SESSION_ID characters), a conversation's name that routes its turns to one replica.
     """
 
     request_id: str
     traceparent: str | None = None
+    session_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ def test_one_deployment_per_model_behind_a_light_ingress(tmp_path):
 
 def test_one_model_serves_http_from_its_own_replicas(tmp_path):
     ingress, models = graph({"home": str(tmp_path), "models": [
-        {"name": "smollm2:135m", "num_cpus": 2, "min_replicas": 1, "max_replicas": 3}]})
+        {"name": "smollm2:135m", "num_cpus": 2, "min_replicas": 1, "max_replicas": 3, "prefix_routing": False}]})
     assert ingress is None
     dep = models["smollm2:135m"]
     assert dep.name == deployment_name("smollm2:135m")
@@ -45,6 +45,27 @@ def test_one_model_keeps_the_router_when_asked_or_when_it_scales_to_zero(tmp_pat
     assert ingress is not None and ingress.name == "Ingress"
     assert models["m"].name == "llm-m"
     assert models["m"].func_or_class is LlamaReplica
+
+
+@pytest.mark.parametrize("model", [{"min_replicas": 2, "max_replicas": 2}, {"min_replicas": 1, "max_replicas": 3}])
+def test_one_model_with_replicas_to_route_between_goes_through_the_router_by_prefix(tmp_path, model):
+    ingress, models = graph({"home": str(tmp_path), "models": [{"name": "m", "parallel": 3, **model}]})
+    assert ingress is not None and ingress.name == "Ingress"  # only its handle calls carry the parsed request
+    dep = models["m"]
+    assert dep.func_or_class is LlamaReplica
+    router = dep._deployment_config.request_router_config
+    assert router.request_router_class == "deployments.router:PrefixAffinityRouter"
+    assert router.request_router_kwargs == {"busy_at": 3}  # busy when every slot is taken
+
+
+@pytest.mark.parametrize("model", [{}, {"max_replicas": 3, "prefix_routing": False}])
+def test_no_prefix_router_for_one_replica_or_when_off(tmp_path, model):
+    from ray.serve.config import RequestRouterConfig
+
+    s = load_settings({"home": str(tmp_path), "models": [{"name": "m", **model}]})
+    assert "request_router_config" not in deployment_options(s.resolved_model("m"))
+    _, models = graph({"home": str(tmp_path), "models": [{"name": "m", **model}]})
+    assert models["m"]._deployment_config.request_router_config == RequestRouterConfig()  # Serve's default
 
 
 def test_fractional_gpus_let_models_share_a_gpu(tmp_path):
@@ -81,7 +102,9 @@ def test_args_beat_environment(monkeypatch, tmp_path):
 @pytest.mark.parametrize("extra,local,expected", [
     ({}, True, "replica"),  # `kronk server start`, one model, one replica: the replica takes HTTP
     ({}, False, "proxy"),  # joined an existing cluster: Serve's proxy (the replicas may be on other nodes)
-    ({"min_replicas": 2, "max_replicas": 2}, True, "replica"),  # a fixed count shares the port (SO_REUSEPORT)
+    # a fixed count shares the port (SO_REUSEPORT), without prefix routing (which needs the routing ingress)
+    ({"min_replicas": 2, "max_replicas": 2, "prefix_routing": False}, True, "replica"),
+    ({"min_replicas": 2, "max_replicas": 2}, True, "proxy"),
     ({"min_replicas": 1, "max_replicas": 3}, True, "proxy"),  # autoscaling counts the requests Serve routes
     ({"min_replicas": 0}, True, "proxy"),  # scale to zero needs the router
     ({"ingress": "router"}, True, "proxy"),
@@ -103,7 +126,8 @@ def test_auto_http_front_with_two_models_is_the_proxy(tmp_path):
 
 @pytest.mark.parametrize("extra,words", [
     ({"models": [{"name": "gemma3-270m"}, {"name": "smollm2:135m"}]}, "exactly one model"),
-    ({"max_replicas": 2}, "fixed replica count"),
+    ({"max_replicas": 2, "prefix_routing": False}, "fixed replica count"),
+    ({"min_replicas": 2, "max_replicas": 2}, "prefix_routing false"),
     ({"ingress": "router"}, "exactly one model"),
 ])
 def test_replica_front_refuses_what_it_cannot_serve(tmp_path, extra, words):
