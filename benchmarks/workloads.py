@@ -34,6 +34,7 @@ class Result:
     total_s: float
     tokens: int
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # usage.prompt_tokens_details.cached_tokens, where the server reports it
 
     @property
     def decode_tps(self) -> float:
@@ -83,7 +84,7 @@ async def http_chat(client: httpx.AsyncClient, url: str, model: str, messages: l
 async def _http_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], piece) -> Result:
     t0 = time.perf_counter()
     first = None
-    tokens = prompt_tokens = 0
+    tokens = prompt_tokens = cached_tokens = 0
     async with client.stream("POST", url, json=body, timeout=600) as resp:
         resp.raise_for_status()
         async for line in resp.aiter_lines():
@@ -95,8 +96,9 @@ async def _http_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]
             if c.get("usage"):
                 tokens = c["usage"]["completion_tokens"]
                 prompt_tokens = c["usage"]["prompt_tokens"]
+                cached_tokens = (c["usage"].get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     total = time.perf_counter() - t0
-    return Result(first if first is not None else total, total, tokens, prompt_tokens)
+    return Result(first if first is not None else total, total, tokens, prompt_tokens, cached_tokens)
 
 
 async def http_concurrency(url: str, model: str, concurrency: int, n_tokens: int,
