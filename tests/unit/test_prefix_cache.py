@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kronk.engine import EngineConfig, GenerationRequest, SamplingParams
+from kronk.engine import EngineConfig
 from kronk.engine import prefix_cache as pc
 from kronk.engine.engine import LlamaEngine
 from kronk.engine.prefix_cache import (
@@ -28,6 +28,7 @@ from kronk.engine.prefix_cache import (
 )
 from tests.models import gemma_path, smollm_path
 from tests.unit.test_shared_prefix import QUESTIONS, SYSTEM
+from tests.unit.test_shared_prefix import generate as answer
 
 IDENT = Identity.of(model="m", kv="f16")
 
@@ -130,16 +131,6 @@ def test_common_prefix_takes_tuples_and_lists():
 MAX_TOKENS = 10
 
 
-async def answer(e: LlamaEngine, prompt: list[int], n: int = MAX_TOKENS) -> tuple[list[int], int]:
-    req = GenerationRequest(prompt=prompt, sampling=SamplingParams(temperature=0.0), max_tokens=n)
-    out, cached = [], -1
-    async for c in e.generate(req):
-        out += c.token_ids
-        if c.usage is not None:
-            cached = c.usage.cached_tokens
-    return out, cached
-
-
 def run(e: LlamaEngine, prompt: list[int], n: int = MAX_TOKENS) -> tuple[list[int], int]:
     return asyncio.run(answer(e, prompt, n))
 
@@ -179,7 +170,7 @@ def test_a_system_prompt_comes_back_from_ram_after_every_slot_moved_on():
 
 
 async def _together(e: LlamaEngine, prompts: list[list[int]]) -> list[tuple[list[int], int]]:
-    return await asyncio.gather(*[answer(e, p) for p in prompts])
+    return await asyncio.gather(*[answer(e, p, MAX_TOKENS) for p in prompts])
 
 
 def turn_two(e: LlamaEngine, first: list[int], reply: list[int], text: str) -> list[int]:
