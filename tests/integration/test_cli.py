@@ -90,7 +90,9 @@ def test_help_lists_the_commands_and_flags(home: Path) -> None:
         (["server", "start", "--no-such-flag"], ["--no-such-flag"]),
         (["server", "start", "--model", "nosuchmodel"], ["unknown model 'nosuchmodel'", "kronk catalog list"]),
         (["server", "start", "--config", "/nonexistent/kronk.yaml"], ["/nonexistent/kronk.yaml", "does not exist"]),
-        (["server", "start", "--http-front", "replica", "--max-replicas", "3"],
+        (["server", "start", "--http-front", "replica", "--max-replicas", "3"],  # routed by prefix (the default)
+         ["--http-front replica", "prefix_routing false", "--http-front proxy"]),
+        (["server", "start", "--http-front", "replica", "--max-replicas", "3", "--prefix-routing", "false"],
          ["--http-front replica", "fixed replica count", "--http-front proxy"]),
         (["server", "start", "--http-front", "sideways"], ["--http-front", "sideways"]),
         (["model", "show", "nosuchmodel"], ["nosuchmodel", "not installed", "kronk model pull"]),
