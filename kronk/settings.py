@@ -280,7 +280,7 @@ class Settings(BaseSettings):
         "out first; 0: off).")
     prefix_cache_dir: Path | None = Field(
         default=None, description="Where the disk prefix cache keeps its files (shared by the replicas that mount "
-        "it; default: <models_dir>/kv-cache).")
+        "it; default: <models_dir>/.kv-cache, beside the models and not listed as one).")
     num_cpus: float = Field(default=1.0, ge=0, description="Ray CPUs per model replica.")
     num_gpus: float = Field(default=0.0, ge=0, description="Ray GPUs per model replica.")
     resources: dict[str, float] = Field(
@@ -584,7 +584,7 @@ DERIVED_DEFAULTS = {
     "address": "start a local Ray",
     "threads": "physical cores",
     "prefix_cache_bytes": "the size of the slots' KV cache",
-    "prefix_cache_dir": "<models_dir>/kv-cache",
+    "prefix_cache_dir": "<models_dir>/.kv-cache",
     "threads_batch": "threads",
     "tensor_split": "llama.cpp's split",
     "initial_replicas": "min_replicas, at least 1",

@@ -156,5 +156,5 @@ def engine_config(settings: Settings, model: ModelConfig | str, model_path: str 
     resolved = settings.resolved_model(model, catalog=manifest)
     cfg = EngineConfig.from_model(resolved, model_path, llama_log=settings.llama_log)
     if cfg.prefix_cache_disk_bytes:
-        cfg.prefix_cache_dir = str(settings.prefix_cache_dir or settings.models_path / "kv-cache")
+        cfg.prefix_cache_dir = str(settings.prefix_cache_dir or settings.models_path / ".kv-cache")
     return cfg

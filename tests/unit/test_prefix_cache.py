@@ -299,3 +299,19 @@ def test_a_chat_survives_a_restart_through_the_disk_tier_and_only_there(tmp_path
     finally:
         c.close()
     assert cached == turn_one and not newest.exists()
+
+
+def test_the_disk_tier_lives_beside_the_models_not_among_them(tmp_path: Path):
+    """Its default folder is a dot-folder of models_dir: the store neither lists it nor tidies it as a model."""
+    from kronk.engine.config import engine_config
+    from kronk.settings import ModelConfig, Settings
+    from kronk.store import ModelStore
+    from kronk.store.maintenance import reconcile_models
+
+    settings = Settings(home=tmp_path)
+    folder = Path(engine_config(settings, ModelConfig(name="m"), gemma_path()).prefix_cache_dir)
+    assert folder == settings.models_path / ".kv-cache"
+    written = DiskPrefixCache(folder, 10**6, IDENT).write(snap(list(range(300))))
+    os.utime(written, (1, 1))  # as old as can be: a stale file in a model's folder would be tidied away
+    report = reconcile_models(settings.models_path, partial_max_age_s=0)
+    assert ModelStore(settings).list() == [] and written.exists() and not report.removed_files
