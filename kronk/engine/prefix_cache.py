@@ -38,7 +38,7 @@ from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 log = logging.getLogger("kronk.engine")
 
@@ -68,7 +68,8 @@ def common_prefix(a: Sequence[int], b: Sequence[int], limit: int | None = None) 
     """How many leading tokens ``a`` and ``b`` share (at most ``limit``): whole blocks compared as slices, then
     token by token (prompts of thousands of tokens are compared against every slot and snapshot)."""
     n = min(len(a), len(b)) if limit is None else max(0, min(len(a), len(b), limit))
-    a, b = list(a[:n]), list(b[:n])
+    if type(a) is not type(b):  # a tuple's slice never equals a list's: compare as lists (a snapshot's tokens)
+        a, b = list(a[:n]), list(b[:n])
     i, block = 0, 256
     while i + block <= n and a[i:i + block] == b[i:i + block]:
         i += block
@@ -468,20 +469,24 @@ def _write_atomic(path: Path, payload: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _read_head(f: BinaryIO, identity: str) -> tuple[bytes, dict[str, Any]] | None:
+    """A file's header and tokens (as stored), read from its start, when it is a snapshot of ``identity``."""
+    magic, n = _HEAD.unpack(f.read(_HEAD.size))
+    if magic != _MAGIC or n > 1 << 16:
+        return None
+    head = json.loads(f.read(n))
+    if head.get("identity") != identity:
+        return None
+    tok = f.read(4 * int(head["n_tokens"]))
+    return (tok, head) if len(tok) == 4 * int(head["n_tokens"]) else None
+
+
 def _read_header(path: Path, identity: str) -> tuple[tuple[int, ...], dict[str, Any]] | None:
-    """A file's tokens and header, when it is a snapshot of ``identity`` (else None)."""
+    """A file's tokens and header, when it is a snapshot of ``identity`` (else None): its data is not read."""
     try:
         with path.open("rb") as f:
-            magic, n = _HEAD.unpack(f.read(_HEAD.size))
-            if magic != _MAGIC or n > 1 << 16:
-                return None
-            head = json.loads(f.read(n))
-            if head.get("identity") != identity:
-                return None
-            raw = f.read(4 * int(head["n_tokens"]))
-            if len(raw) != 4 * int(head["n_tokens"]):
-                return None
-            return tuple(array("i", raw)), head
+            got = _read_head(f, identity)
+        return (tuple(array("i", got[0])), got[1]) if got is not None else None
     except (OSError, ValueError, KeyError, struct.error):
         return None
 
@@ -489,18 +494,14 @@ def _read_header(path: Path, identity: str) -> tuple[tuple[int, ...], dict[str, 
 def _read_snapshot(path: Path, identity: str) -> Snapshot | None:
     """The snapshot in ``path``, when its header, identity, sizes and checksum all hold (else None)."""
     try:
-        raw = path.read_bytes()
-        magic, n = _HEAD.unpack_from(raw, 0)
-        if magic != _MAGIC or n > 1 << 16:
+        with path.open("rb") as f:
+            got = _read_head(f, identity)
+            if got is None:
+                return None
+            tok, head = got
+            data = f.read()
+        if len(data) != int(head["data_bytes"]) or _checksum(tok, data) != head.get("checksum"):
             return None
-        head = json.loads(raw[_HEAD.size:_HEAD.size + n])
-        start = _HEAD.size + n
-        n_tok, n_data = int(head["n_tokens"]), int(head["data_bytes"])
-        view = memoryview(raw)
-        tok, data = bytes(view[start:start + 4 * n_tok]), view[start + 4 * n_tok:]
-        if (head.get("identity") != identity or len(tok) != 4 * n_tok or len(data) != n_data
-                or _checksum(tok, data) != head.get("checksum")):
-            return None
-        return Snapshot(tuple(array("i", tok)), int(head["exact"]), bytes(data), identity)
+        return Snapshot(tuple(array("i", tok)), int(head["exact"]), data, identity)
     except (OSError, ValueError, KeyError, struct.error):
         return None
