@@ -487,7 +487,7 @@ class LlamaEngine(Engine):
             return None
         have = max((common_prefix(list(s.cache), prompt, limit) for s in self.slots), default=0)
         if self.ram is not None:
-            got = self.ram.find(prompt, limit)
+            got = self.ram.find(prompt, limit, touch=False)  # _start looks again, and that one counts
             have = max(have, got[1] if got else 0)
         if n < have + SHARE_MIN_TOKENS:
             return None
@@ -526,7 +526,7 @@ class LlamaEngine(Engine):
         size = len(snap.data)
         buf = ((ctypes.c_uint8 * size).from_buffer(snap.data) if isinstance(snap.data, bytearray)
                else (ctypes.c_uint8 * size).from_buffer_copy(snap.data))
-        cache = self.ram if tier == "ram" else self.disk
+        cache = self._tier(tier)
         assert cache is not None
         if llama_cpp.llama_state_seq_set_data(self.ctx, buf, size, slot.id) != size:
             log.warning("%s: llama.cpp refused a %s prefix cache snapshot of %d tokens", self.name, tier,
@@ -541,13 +541,16 @@ class LlamaEngine(Engine):
         slot.floor = self.window.floor(len(snap.tokens))  # llama.cpp restores the sliding window's cells only
         return n
 
+    def _tier(self, tier: str) -> RamPrefixCache | DiskPrefixCache | None:
+        return self.ram if tier == "ram" else self.disk
+
     def _count_tiers(self, job: Job) -> None:
         """Where a started job's reused prompt tokens came from: a RAM or disk restore (what is left of it after
         the grid rounding), and the slots (its own, or a copy of another's) for the rest."""
         restored = 0
         if job.from_tier is not None:
             tier, n = job.from_tier
-            cache = self.ram if tier == "ram" else self.disk
+            cache = self._tier(tier)
             restored = min(n, job.n_reused)
             if cache is not None and restored:
                 cache.counters.hits += 1

@@ -238,14 +238,16 @@ class RamPrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def find(self, prompt: Sequence[int], limit: int) -> tuple[Snapshot, int] | None:
-        """The snapshot sharing the longest prefix (at most ``limit`` tokens) with ``prompt``, and that length."""
+    def find(self, prompt: Sequence[int], limit: int, touch: bool = True) -> tuple[Snapshot, int] | None:
+        """The snapshot sharing the longest prefix (at most ``limit`` tokens) with ``prompt``, and that length;
+        ``touch``: it counts as used (a look that restores nothing passes False)."""
         with self._lock:
             cands = [(k, self._entries[k].tokens) for k in self._index.candidates(prompt) if k in self._entries]
             got = _best(prompt, limit, cands, self.window)
             if got is None:
                 return None
-            self._entries.move_to_end(got[0])
+            if touch:
+                self._entries.move_to_end(got[0])
             return self._entries[got[0]], got[1]
 
     def covers(self, tokens: Sequence[int]) -> bool:
