@@ -70,7 +70,22 @@ def _json_object(v: Any) -> Any:
 MAX_CONTEXT_CELLS = 2**31 - 1
 
 
-def batching_problems(parallel: int, batch_size: int, ctx_size: int) -> list[str]:
+# The shared KV pool's default size, in contexts of ctx_size (kv_unified): the memory 4 slots of their own take.
+POOL_CONTEXTS = 4
+
+
+def pool_tokens(ctx_size: int, kv_pool_tokens: int | None) -> int:
+    """The cells of a shared KV pool (kv_unified): ``kv_pool_tokens``, else POOL_CONTEXTS contexts of ctx_size."""
+    return kv_pool_tokens if kv_pool_tokens is not None else ctx_size * POOL_CONTEXTS
+
+
+def unified(kv_unified: bool | None, batch_invariant: bool) -> bool:
+    """Whether the slots share one KV pool: as set, else when batch invariance is off."""
+    return kv_unified if kv_unified is not None else not batch_invariant
+
+
+def batching_problems(parallel: int, batch_size: int, ctx_size: int, kv_unified: bool | None = None,
+                      batch_invariant: bool = True, kv_pool_tokens: int | None = None) -> list[str]:
     """What makes these engine settings impossible (empty: nothing). Settings checks every model's resolved
     values with it, kronk.engine.config.EngineConfig too (and adds its own engine-only rules)."""
     out = []
@@ -78,7 +93,16 @@ def batching_problems(parallel: int, batch_size: int, ctx_size: int) -> list[str
         out.append(f"parallel {parallel} is more than batch_size {batch_size} (each step decodes the next token "
                    "of every slot in one llama_decode of at most batch_size tokens); raise batch_size to at "
                    f"least {parallel} or lower parallel")
-    if ctx_size * parallel > MAX_CONTEXT_CELLS:
+    if kv_unified and batch_invariant:
+        out.append("kv_unified needs batch_invariant false (where a sequence's cells land in a shared pool depends "
+                   "on the other sequences, and with it the order llama.cpp sums attention in); set "
+                   "batch_invariant to false, or kv_unified to false")
+    if unified(kv_unified, batch_invariant):
+        cells = pool_tokens(ctx_size, kv_pool_tokens)
+        if cells > MAX_CONTEXT_CELLS:
+            out.append(f"kv_pool_tokens {cells} is more than the {MAX_CONTEXT_CELLS} context cells llama.cpp can "
+                       "address; lower kv_pool_tokens or ctx_size")
+    elif ctx_size * parallel > MAX_CONTEXT_CELLS:
         out.append(f"ctx_size x parallel = {ctx_size} x {parallel} is more than the {MAX_CONTEXT_CELLS} context "
                    "cells llama.cpp can address; lower ctx_size or parallel")
     return out
@@ -150,6 +174,10 @@ class ModelConfig(BaseModel):
     batch_invariant: bool | None = Field(
         default=None, description="Temperature-0 output independent of load (default on; off allows "
         "repacked CPU weights).")
+    kv_unified: bool | None = Field(
+        default=None, description="One KV pool shared by the slots (default: on when batch_invariant is off).")
+    kv_pool_tokens: int | None = Field(
+        default=None, ge=256, description="Cells of the shared KV pool with kv_unified (default: ctx_size x 4).")
     speculative: Speculative | None = Field(
         default=None, description="Speculative decoding: off, ngram (prompt lookup) or draft (draft_model).")
     spec_ngram_min: int | None = Field(default=None, ge=1, le=16, description="Shortest n-gram looked up.")
@@ -256,6 +284,16 @@ class Settings(BaseSettings):
     batch_invariant: bool = Field(
         default=True, description="Temperature-0 output independent of load (off allows repacked CPU weights, "
         "somewhat faster on some CPUs).")
+    kv_unified: bool | None = Field(
+        default=None, description="One KV pool (llama.cpp's unified KV cache) shared by a replica's slots: a "
+        "request may use up to ctx_size of it and a slot holds only what its sequence uses, so many slots cost "
+        "no more memory than a few full contexts; when the pool runs out, idle slots' caches go first, then the "
+        "newest request is swapped out to host memory until there is room. Default: on when batch_invariant "
+        "is off (where cells land in a shared pool depends on the load, so it cannot keep temperature-0 output "
+        "independent of it).")
+    kv_pool_tokens: int | None = Field(
+        default=None, ge=256, description="Cells (tokens) of the shared KV pool with kv_unified (default: "
+        "ctx_size x 4, the memory 4 slots of ctx_size take).")
     speculative: Speculative = Field(
         default="off", description="Speculative decoding: off; ngram (prompt lookup: the tokens that followed "
         "the latest earlier occurrence of the last n tokens in the slot's context are verified in the same "
@@ -453,8 +491,12 @@ class Settings(BaseSettings):
         problems = []
         for m in self.models:
             values = [getattr(m, f) if getattr(m, f) is not None else getattr(self, f)
-                      for f in ("parallel", "batch_size", "ctx_size")]
+                      for f in ("parallel", "batch_size", "ctx_size", "kv_unified", "batch_invariant",
+                                "kv_pool_tokens")]
             problems += [f"model {m.name}: {p}" for p in batching_problems(*values)]
+        if not self.models:
+            problems += batching_problems(self.parallel, self.batch_size, self.ctx_size, self.kv_unified,
+                                          self.batch_invariant, self.kv_pool_tokens)
         if problems:
             raise PydanticCustomError("batch_settings", "; ".join(problems))
         return self
@@ -584,6 +626,8 @@ DERIVED_DEFAULTS = {
     "address": "start a local Ray",
     "threads": "physical cores",
     "prefix_cache_bytes": "the size of the slots' KV cache",
+    "kv_unified": "on when batch_invariant is off",
+    "kv_pool_tokens": "ctx_size x 4",
     "prefix_cache_dir": "<models_dir>/.kv-cache",
     "threads_batch": "threads",
     "tensor_split": "llama.cpp's split",

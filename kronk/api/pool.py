@@ -20,7 +20,7 @@ import psutil
 from kronk.api.families import HANDLERS
 from kronk.serving.pool import EventSink, LoadPlan, ModelPool, ModelTooLarge, parse_duration
 from kronk.serving.service import ModelService
-from kronk.settings import AUTOTUNED, ModelConfig, Settings
+from kronk.settings import AUTOTUNED, ModelConfig, Settings, unified
 
 log = logging.getLogger("kronk.serving.pool")
 
@@ -70,7 +70,9 @@ def plan_model(settings: Settings, model: str, budget: int) -> LoadPlan:
         tuned = autotune(shape, budget, n_ctx=fixed.get("ctx_size"), parallel=fixed.get("parallel"),
                          cache_type=fixed.get("kv_cache_type"), max_ctx=resolved.ctx_size,
                          max_parallel=resolved.parallel, preferred_cache_type=resolved.kv_cache_type,
-                         batch_size=resolved.batch_size, flash_attn=resolved.flash_attn)
+                         batch_size=resolved.batch_size, flash_attn=resolved.flash_attn,
+                         kv_unified=unified(resolved.kv_unified, resolved.batch_invariant),
+                         kv_pool_tokens=resolved.kv_pool_tokens)
     except MemoryBudgetExceeded as e:  # not even in an empty pool
         raise ModelTooLarge(f"{e.message} (the pool's budget: memory_budget_bytes / memory_budget_fraction)",
                             param="model") from None

@@ -33,6 +33,7 @@ from kronk.engine.memory import (
     format_bytes,
 )
 from kronk.errors import InvalidRequest, MemoryBudgetExceeded
+from kronk.settings import pool_tokens
 
 DEFAULT_CTX = 8192  # per slot, when the model was trained for at least this much
 DEFAULT_PARALLEL = 4
@@ -81,11 +82,15 @@ class _Ask:
     max_ctx: int = DEFAULT_CTX
     max_parallel: int = DEFAULT_PARALLEL
     preferred_kv: str = DEFAULT_KV
+    kv_unified: bool = False  # one pool shared by the slots: kv_pool_tokens, else POOL_CONTEXTS contexts
+    kv_pool_tokens: int | None = None
 
     def estimate(self, c: Candidate) -> MemoryEstimate:
         n_ctx, parallel, k, v = c
+        pool = pool_tokens(n_ctx, self.kv_pool_tokens) if self.kv_unified else None
         return estimate(self.shape, n_ctx, parallel, k, v, self.batch_size, self.ubatch_size, swa_full=self.swa_full,
-                        flash_attn=flash_runs(self.flash_attn, v), prefill_chunk=self.prefill_chunk, gpu=self.gpu)
+                        flash_attn=flash_runs(self.flash_attn, v), prefill_chunk=self.prefill_chunk, gpu=self.gpu,
+                        kv_unified=self.kv_unified, pool_cells=pool)
 
     @property
     def kv_choices(self) -> list[tuple[str, str]]:
@@ -188,7 +193,8 @@ def autotune(shape: ModelShape, budget_bytes: int, *, n_ctx: int | None = None, 
              cache_type: str | None = None, cache_type_k: str | None = None, cache_type_v: str | None = None,
              flash_attn: str = "auto", gpu: bool = False, max_ctx: int = DEFAULT_CTX,
              max_parallel: int = DEFAULT_PARALLEL, preferred_cache_type: str = DEFAULT_KV, batch_size: int = 512,
-             ubatch_size: int | None = None, swa_full: bool = True, prefill_chunk: int = 256) -> Tuned:
+             ubatch_size: int | None = None, swa_full: bool = True, prefill_chunk: int = 256,
+             kv_unified: bool = False, kv_pool_tokens: int | None = None) -> Tuned:
     """Settings for ``shape`` within ``budget_bytes`` (host memory; the GPU's memory when ``gpu``).
 
     ``n_ctx`` (per slot), ``parallel`` and the KV types (``cache_type`` for both, or ``cache_type_k`` /
@@ -197,7 +203,8 @@ def autotune(shape: ModelShape, budget_bytes: int, *, n_ctx: int | None = None, 
     slot is at most ``max_ctx``, the slots at most ``max_parallel``, and the KV type ``preferred_cache_type``
     first (a catalog's recommendation), then q8_0 if that is smaller. ``flash_attn`` ``off`` keeps the V
     cache unquantized. ``batch_size``, ``ubatch_size`` (None: min(batch_size, 512)), ``swa_full`` and
-    ``prefill_chunk`` are the engine's (kronk.engine.config.EngineConfig), as the estimate needs them. With
+    ``prefill_chunk`` are the engine's (kronk.engine.config.EngineConfig), as the estimate needs them; so are
+    ``kv_unified`` and ``kv_pool_tokens`` (one pool for the slots: its size, else POOL_CONTEXTS contexts). With
     ``gpu``, every layer goes to the GPU when some candidate fits; otherwise as many layers as fit with the
     first candidate (the rest runs on the CPU, in host memory this budget does not cover). Raises
     MemoryBudgetExceeded when nothing fits, InvalidRequest for a quantized V cache with flash attention off."""
@@ -206,7 +213,8 @@ def autotune(shape: ModelShape, budget_bytes: int, *, n_ctx: int | None = None, 
     capped = n_ctx is not None and 0 < shape.n_ctx_train < n_ctx
     ask = _Ask(shape, batch_size, ubatch_size if ubatch_size is not None else min(batch_size, 512), swa_full,
                flash_attn, prefill_chunk, gpu, shape.n_ctx_train if capped else n_ctx, parallel, kv,
-               max_ctx=max_ctx, max_parallel=max_parallel, preferred_kv=preferred_cache_type)
+               max_ctx=max_ctx, max_parallel=max_parallel, preferred_kv=preferred_cache_type, kv_unified=kv_unified,
+               kv_pool_tokens=kv_pool_tokens)
     found = _fit(ask, budget_bytes)
     gpu_layers = -1 if gpu else 0
     if found is None and gpu:

@@ -16,6 +16,8 @@ from kronk.settings import (
     Settings,
     Speculative,
     batching_problems,
+    pool_tokens,
+    unified,
 )
 
 # The micro-batch (llama.cpp's n_ubatch) when none is set: the largest block of tokens one graph computes.
@@ -76,6 +78,8 @@ class EngineConfig(BaseModel):
         description="Outputs independent of what else is batched (no CPU weight repacking). Off: repacked "
         "weights, somewhat faster on some CPUs, temperature-0 output may vary with load.",
     )
+    kv_unified: bool | None = _server("kv_unified")
+    kv_pool_tokens: int | None = _server("kv_pool_tokens", ge=256)
     embedding_ctx: int = Field(default=8192, ge=64, description="Context of the embeddings context.")
     max_queued: int = _server("max_queued", ge=0)
     queue_timeout_s: float = _server("queue_timeout_s", ge=0)
@@ -101,6 +105,16 @@ class EngineConfig(BaseModel):
         """The micro-batch llama.cpp's context is created with."""
         return self.ubatch_size if self.ubatch_size is not None else min(self.batch_size, DEFAULT_UBATCH)
 
+    @property
+    def unified(self) -> bool:
+        """Whether the slots share one KV pool (kv_unified as set, else when batch_invariant is off)."""
+        return unified(self.kv_unified, self.batch_invariant)
+
+    @property
+    def pool_cells(self) -> int:
+        """The shared pool's cells (with ``unified``): kv_pool_tokens, else ctx_size x POOL_CONTEXTS."""
+        return pool_tokens(self.ctx_size, self.kv_pool_tokens)
+
     @model_validator(mode="after")
     def _check_batching(self) -> EngineConfig:
         """Settings that would make a step write past the llama_batch (batch_size rows) are refused here.
@@ -109,7 +123,8 @@ class EngineConfig(BaseModel):
         (at most ``prefill_chunk``), so both must fit in ``batch_size``. The prefill grid left at its default
         shrinks to the micro-batch instead (a chunk is then one ubatch): it is fixed per engine, so outputs
         still do not depend on load; one set explicitly larger than batch_size is refused."""
-        problems = batching_problems(self.parallel, self.batch_size, self.ctx_size)
+        problems = batching_problems(self.parallel, self.batch_size, self.ctx_size, self.kv_unified,
+                                     self.batch_invariant, self.kv_pool_tokens)
         if self.ubatch_size is not None and self.ubatch_size > self.batch_size:
             problems.append(f"ubatch_size {self.ubatch_size} is more than batch_size {self.batch_size} (a "
                             "micro-batch is a part of one llama_decode); lower ubatch_size or raise batch_size")

@@ -20,6 +20,15 @@ is still prefilling (several users arriving at once with the same instructions) 
 it, then copies it: the shared part is prefilled once. Only whole chunks of the prefill grid computed from
 position 0 are copied (``Slot.exact``): their KV is exactly what this prompt's own prefill computes, so the
 output is the same as without sharing.
+
+A shared KV pool (``kv_unified``, on when ``batch_invariant`` is off): the slots' sequences live in one pool of
+``kv_pool_tokens`` cells (llama.cpp's unified KV cache), each up to ``ctx_size``, so many slots cost no more
+memory than a few full contexts. A decode that finds no free cells (``llama_decode`` returns 1 and changes
+nothing) first takes the cells of idle slots' caches, least recently used first (saved to the RAM prefix cache
+when it is on); when none are left, the newest running request is swapped out: its sequence's state goes to
+host memory (``llama_state_seq_get_data``) and comes back into a slot, before any new request is admitted, when
+there is room. The oldest request always goes on, so every request finishes. New requests are admitted while
+the running ones' prompts and outputs leave room for their prompt.
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ from kronk.engine.prefix_cache import (
 from kronk.engine.protocol import Engine, EngineStats, GenerationChunk, GenerationRequest, TokenLogprob
 from kronk.engine.rerank import RerankRunner, is_reranker
 from kronk.engine.sampling import NoValidToken, SamplerChain
-from kronk.engine.slots import Job, Slot, SlotState
+from kronk.engine.slots import Job, Slot, SlotState, Swapped
 from kronk.engine.speculative import DraftModel, NgramDraft, invariant_rows
 from kronk.engine.text import StopMatcher
 from kronk.errors import (
@@ -76,6 +85,9 @@ log = logging.getLogger("kronk.engine")
 SHARE_MIN_TOKENS = 64
 # What a slot gives up is kept in the RAM prefix cache when it holds at least this many tokens.
 SAVE_MIN_TOKENS = 128
+# A request swapped out of a full shared KV pool comes back when the pool has room for it and this many more
+# tokens (so that it is not swapped out again at the next step).
+SWAP_HEADROOM = 64
 
 
 class LlamaEngine(Engine):
@@ -122,7 +134,8 @@ class LlamaEngine(Engine):
         if m.n_ctx_train > 0:
             ctx_slot = min(ctx_slot, m.n_ctx_train)
         p = llama_cpp.llama_context_default_params()
-        p.n_ctx = ctx_slot * cfg.parallel
+        self.unified = cfg.unified
+        p.n_ctx = cfg.pool_cells if self.unified else ctx_slot * cfg.parallel
         p.n_batch = cfg.batch_size
         p.n_ubatch = cfg.n_ubatch  # EngineConfig checked it and the rest against batch_size
         p.n_seq_max = cfg.parallel
@@ -130,7 +143,7 @@ class LlamaEngine(Engine):
         p.n_threads_batch = cfg.threads_batch or self.threads
         p.type_k, p.type_v, p.flash_attn_type = type_k, type_v, flash
         p.swa_full = cfg.swa_full
-        p.kv_unified = False
+        p.kv_unified = self.unified
         p.no_perf = True
         p.embeddings = False
         self.ctx = llama_cpp.llama_init_from_model(m.ptr, p)
@@ -142,7 +155,10 @@ class LlamaEngine(Engine):
                 "this model/backend does not support"
             )
         self.mem = llama_cpp.llama_get_memory(self.ctx)
-        self.n_ctx_slot = llama_cpp.llama_n_ctx_seq(self.ctx)
+        # a slot's sequence: its own stream, or with a shared pool up to ctx_size of the pool's cells
+        self.n_ctx_slot = (min(ctx_slot, llama_cpp.llama_n_ctx_seq(self.ctx)) if self.unified
+                           else llama_cpp.llama_n_ctx_seq(self.ctx))
+        self.pool_cells = int(llama_cpp.llama_n_ctx(self.ctx)) if self.unified else 0
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)  # llama.cpp caps it at the context's cells
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         # The prefill grid: a chunk is one llama_decode, so it fits the batch (a context smaller than the
@@ -162,6 +178,8 @@ class LlamaEngine(Engine):
 
         self._incoming: collections.deque[Job] = collections.deque()
         self._waiting: collections.deque[Job] = collections.deque()
+        self._swapped: collections.deque[Job] = collections.deque()  # out of the shared pool, oldest first
+        self.n_preempted = 0
         self._starts: collections.deque[float] = collections.deque(maxlen=32)  # when jobs got slots: Retry-After
         self._cv = threading.Condition()
         self._stop = False
@@ -224,11 +242,13 @@ class LlamaEngine(Engine):
 
     def stats(self) -> EngineStats:
         used = sum(s.n_past for s in self.slots)
-        total = self.n_ctx_slot * len(self.slots) if self.slots else 0
+        total = (self.pool_cells if getattr(self, "unified", False)
+                 else self.n_ctx_slot * len(self.slots) if self.slots else 0)
+        swapped = len(getattr(self, "_swapped", ()))
         return EngineStats(
             model=self.name, n_slots=len(self.slots), n_ctx_slot=getattr(self, "n_ctx_slot", 0),
             active=sum(s.state is not SlotState.IDLE for s in self.slots),
-            waiting=len(getattr(self, "_waiting", ())) + len(getattr(self, "_incoming", ())),
+            waiting=len(getattr(self, "_waiting", ())) + len(getattr(self, "_incoming", ())) + swapped,
             kv_cells_used=used, kv_cells_total=total,
             kv_bytes=int(total * getattr(self, "_kv_bytes_per_cell", 0)),
             prompt_tokens=self.n_prompt, prompt_tokens_reused=self.n_reused, prompt_tokens_shared=self.n_shared,
@@ -237,6 +257,7 @@ class LlamaEngine(Engine):
             speculative=self.speculative, spec_verify_rows=self.spec_rows,
             spec_draft_tokens=self.n_drafted, spec_accepted_tokens=self.n_accepted,
             prefix_cache=self._tier_stats(used),
+            kv_unified=getattr(self, "unified", False), swapped=swapped, preemptions=getattr(self, "n_preempted", 0),
         )
 
     def _tier_stats(self, cells_used: int) -> dict[str, dict[str, int]]:
@@ -322,23 +343,34 @@ class LlamaEngine(Engine):
             if s.job:
                 s.job.push(EngineError("the engine was shut down"))
                 self._release(s)
-        for job in self._waiting:
+        for job in (*self._waiting, *self._swapped):
             job.push(EngineError("the engine was shut down"))
+            job.free_samplers()
 
     def _has_work(self) -> bool:
-        return any(s.state is not SlotState.IDLE for s in self.slots) or bool(self._waiting)
+        return any(s.state is not SlotState.IDLE for s in self.slots) or bool(self._waiting) or bool(self._swapped)
 
     def _drop_cancelled(self) -> None:
         if any(j.cancelled for j in self._waiting):
             self._waiting = collections.deque(j for j in self._waiting if not j.cancelled)
+        if any(j.cancelled for j in self._swapped):
+            for j in self._swapped:
+                if j.cancelled:
+                    j.free_samplers()
+            self._swapped = collections.deque(j for j in self._swapped if not j.cancelled)
         for s in self.slots:
             if s.job is not None and s.job.cancelled:
                 self._release(s)
 
     def _admit(self) -> None:
+        while self._swapped:  # requests swapped out of the shared pool come back first, oldest first
+            idle = [s for s in self.slots if s.state is SlotState.IDLE]
+            if not idle or not self._swap_in(min(idle, key=lambda s: (s.n_past, s.last_used)), self._swapped[0]):
+                return  # new requests wait behind them
+            self._swapped.popleft()
         while self._waiting:
             idle = [s for s in self.slots if s.state is SlotState.IDLE]
-            if not idle:
+            if not idle or (self.unified and not self._room_for(self._waiting[0])):
                 return
             job = self._waiting.popleft()
             best = max(idle, key=lambda s: (common_prefix(s.cache, job.prompt), -s.last_used))
@@ -722,10 +754,14 @@ class LlamaEngine(Engine):
                 self._add(n, self._pad_token, p.n_past, p.id, False)
                 n += 1
             try:
-                self._decode(n)
+                done = self._decode_in_pool(n)
             finally:
                 for p in pads:
                     llama_cpp.llama_memory_seq_rm(self.mem, p.id, p.n_past, -1)
+            if not done:  # a shared pool out of cells with no idle cache left to take: the newest request goes
+                self.n_drafted -= sum(len(d) for d in drafts.values())
+                self._make_room_for(self._oldest_active())
+                return
             for s in gen:  # sample now: the prompt decodes below overwrite the logits
                 draft = drafts.get(s.id, [])
                 s.cache.append(s.next_token)
@@ -756,7 +792,13 @@ class LlamaEngine(Engine):
                 take = min(grid - pos % grid, len(s.pending) - 1)
                 for i in range(take):
                     self._add(i, s.pending[i], pos + i, s.id, False)
-                self._decode(take)
+                if not self._decode_in_pool(take):
+                    # no cells for this chunk: it waits while the others go on, unless it is the oldest request,
+                    # which always goes on (the newest makes room)
+                    if s is self._oldest_active():
+                        self._make_room_for(s)
+                    budget = 0
+                    break
                 s.cache.extend(s.pending[:take])
                 del s.pending[:take]
                 if pos == s.exact and take == grid:  # a whole grid chunk on the exact path
@@ -813,7 +855,7 @@ class LlamaEngine(Engine):
             if not cfg.draft_model:
                 raise EngineError(f"model {cfg.name}: speculative is draft but no draft_model is set")
             self._drafter = DraftModel(cfg.draft_model, m, len(self.slots), self.n_ctx_slot, self.threads,
-                                       gpu_layers=cfg.gpu_layers, llama_log=cfg.llama_log)
+                                       gpu_layers=cfg.gpu_layers, llama_log=cfg.llama_log, pool_cells=self.pool_cells)
         self.speculative = cfg.speculative
         log.info("%s: speculative decoding %s, up to %d rows per step", cfg.name, self.speculative, self.spec_rows)
 
@@ -849,10 +891,118 @@ class LlamaEngine(Engine):
         return out
 
     def _decode(self, n: int) -> None:
+        if not self._decode_in_pool(n):
+            raise EngineError("llama_decode found no free KV cells")
+
+    def _decode_in_pool(self, n: int) -> bool:
+        """Decode the batch's first ``n`` rows: True when done. With a shared pool, a decode that finds no free
+        cells (llama_decode returns 1, having changed nothing) takes idle slots' caches and tries again; False
+        when none is left to take."""
         self.batch.n_tokens = n
-        rc = llama_cpp.llama_decode(self.ctx, self.batch)
-        if rc != 0:
-            raise EngineError(f"llama_decode returned {rc}")
+        while True:
+            rc = llama_cpp.llama_decode(self.ctx, self.batch)
+            if rc == 0:
+                return True
+            if rc != 1 or not self.unified:
+                raise EngineError(f"llama_decode returned {rc}")
+            if not self._evict_idle():
+                return False
+
+    # ------------------------------------------------------------------ a shared KV pool (kv_unified)
+    def _active_cells(self) -> int:
+        """Cells the running requests hold or will hold once their prompts are in (shared cells count once per
+        sequence: an upper bound)."""
+        return sum(s.n_past + len(s.pending) + 1 for s in self.slots if s.job is not None)
+
+    def _room_for(self, job: Job) -> bool:
+        """Whether a new request's prompt fits the pool beside what the running ones hold (idle slots' caches
+        count as free: they are taken when needed). Always true with nothing running."""
+        return self._active_cells() + len(job.prompt) + 1 <= self.pool_cells
+
+    def _oldest_active(self) -> Slot | None:
+        return min((s for s in self.slots if s.job is not None), key=lambda s: s.job.started, default=None)
+
+    def _make_room_for(self, s: Slot | None) -> None:
+        """Swap out the newest running request other than ``s`` (the oldest, which must go on). With ``s``
+        alone in the pool and still no room, its request cannot be served in this pool: it ends with an error."""
+        others = [t for t in self.slots if t.job is not None and t is not s]
+        if others:
+            self._swap_out(max(others, key=lambda t: t.job.started))
+        elif s is not None and s.job is not None:
+            job = s.job
+            self._release(s)
+            self._clear(s)
+            job.push(EngineError(f"{self.name}'s KV pool of {self.pool_cells} cells has no room for this request "
+                                 f"({len(job.prompt)} prompt tokens); raise kv_pool_tokens"))
+
+    def _clear(self, s: Slot) -> None:
+        """Empty a slot's sequence."""
+        llama_cpp.llama_memory_seq_rm(self.mem, s.id, 0, -1)
+        s.cache.clear()
+        s.exact = s.floor = 0
+        if self._drafter is not None:
+            self._drafter.forget(s.id)
+
+    def _evict_idle(self, exclude: Slot | None = None) -> bool:
+        """Take the cells of the least recently used idle slot's cache (kept in the RAM prefix cache when it is
+        on); False when no idle slot holds any."""
+        held = [t for t in self.slots if t.state is SlotState.IDLE and t.n_past and t is not exclude]
+        if not held:
+            return False
+        t = min(held, key=lambda t: t.last_used)
+        if t.n_past >= SHARE_MIN_TOKENS:
+            self.slot_tier.evictions += 1
+        self._save_to_ram(t, 0)
+        self._clear(t)
+        return True
+
+    def _swap_out(self, s: Slot) -> None:
+        """Move a running request out of the pool: its sequence's state to host memory, its slot freed (its
+        samplers, stop matcher and output so far stay with the job). It comes back first (_admit)."""
+        job = s.job
+        assert job is not None
+        snap = self._snapshot(s)
+        if snap is None:  # llama.cpp wrote no state: the request cannot be kept
+            self._release(s)
+            self._clear(s)
+            job.push(EngineError(f"{self.name}: a request could not be swapped out of the full KV pool"))
+            return
+        job.swapped = Swapped(snap, list(s.pending), s.next_token, s.state, s.floor)
+        self._clear(s)
+        s.job, s.pending, s.share_wait, s.state = None, [], None, SlotState.IDLE
+        s.last_used = time.monotonic()
+        self._swapped.append(job)
+        self._swapped = collections.deque(sorted(self._swapped, key=lambda j: j.started))
+        self.n_preempted += 1
+        log.info("%s: KV pool full: swapped out %s (%d tokens) until there is room", self.name,
+                 job.request.request_id or "a request", len(snap.tokens))
+
+    def _swap_in(self, slot: Slot, job: Job) -> bool:
+        """Put a swapped-out request back into ``slot`` (idle) when the pool has room for it and a little more:
+        True when it is back."""
+        sw = job.swapped
+        assert sw is not None
+        need = len(sw.snapshot.tokens) + len(sw.pending) + 1 + SWAP_HEADROOM
+        if self._active_cells() + need > self.pool_cells:
+            return False
+        if slot.n_past:
+            if slot.n_past >= SHARE_MIN_TOKENS:
+                self.slot_tier.evictions += 1
+            self._save_to_ram(slot, 0)
+            self._clear(slot)
+        data = sw.snapshot.data
+        assert isinstance(data, bytearray)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer(data)
+        while llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(data), slot.id) != len(data):
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.id, 0, -1)
+            if not self._evict_idle(exclude=slot):
+                return False
+        slot.cache, slot.exact, slot.floor = list(sw.snapshot.tokens), sw.snapshot.exact, sw.floor
+        slot.pending, slot.next_token, slot.state, slot.job = sw.pending, sw.next_token, sw.state, job
+        job.swapped = None
+        if self.speculative == "ngram":
+            self._ngram[slot.id] = NgramDraft(self.cfg.spec_ngram_min, self.cfg.spec_ngram_max)
+        return True
 
     def _verify(self, s: Slot, draft: list[int]) -> None:
         """Sample the slot's rows in order (row ``s.row`` + i predicts the token after draft[:i]): a sampled

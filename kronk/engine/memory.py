@@ -419,7 +419,7 @@ def overhead_bytes(shape: ModelShape) -> int:
 def estimate(shape: ModelShape, n_ctx: int, parallel: int = 1, cache_type_k: str = "f16",
              cache_type_v: str = "f16", n_batch: int = 512, n_ubatch: int = 512, *, swa_full: bool = False,
              flash_attn: bool = True, kv_unified: bool = False, prefill_chunk: int | None = None,
-             gpu: bool = False) -> MemoryEstimate:
+             gpu: bool = False, pool_cells: int | None = None) -> MemoryEstimate:
     """The memory of one llama.cpp context as kronk's engine makes it, with the model's weights.
 
     ``n_ctx`` is the context of one slot (EngineConfig.ctx_size, after the engine caps it at the trained
@@ -430,9 +430,13 @@ def estimate(shape: ModelShape, n_ctx: int, parallel: int = 1, cache_type_k: str
     ``prefill_chunk`` tokens without logits, or one token of each generating slot with logits, so on the CPU
     (where llama.cpp's buffer is reserved for a whole micro-batch but only the pages a step uses become
     resident) that is what counts. With ``gpu`` the whole reservation counts (device memory is committed at
-    allocation): a micro-batch of ``n_ubatch`` tokens."""
+    allocation): a micro-batch of ``n_ubatch`` tokens.
+
+    ``pool_cells`` (with ``kv_unified``): the cells of the one pool the slots share (EngineConfig.pool_cells),
+    instead of ``n_ctx`` x ``parallel``."""
     n_ubatch = min(n_ubatch, n_batch)
-    seq, streams = context_cells(n_ctx, parallel, kv_unified)
+    seq, streams = ((_pad(pool_cells, 256), 1) if kv_unified and pool_cells
+                    else context_cells(n_ctx, parallel, kv_unified))
     seq_swa = swa_cells(shape, seq, n_ubatch, parallel, kv_unified, swa_full)
     kv = streams * (seq * shape.kv_row_bytes(cache_type_k, cache_type_v, swa=False)
                     + seq_swa * shape.kv_row_bytes(cache_type_k, cache_type_v, swa=True))
@@ -446,11 +450,11 @@ def estimate(shape: ModelShape, n_ctx: int, parallel: int = 1, cache_type_k: str
 def estimate_for(model: str | Path | ModelShape, cfg: EngineConfig, *, embeddings: bool | None = None,
                  gpu: bool = False) -> MemoryEstimate:
     """The estimate for what ``LlamaEngine(cfg)`` allocates: the context per slot capped at the trained
-    context, ``parallel`` streams (kv_unified off), cfg's batch sizes, KV types, swa_full and flash attention
-    as the engine resolves them. The embeddings context (created on the first /v1/embeddings call) counts
-    when ``embeddings`` is true, or when None for an embedding model (its only context). So does the RAM
-    prefix cache's budget (``prefix_cache_bytes``; unset: the size of the slots' KV cache), all of which it may
-    fill."""
+    context, ``parallel`` streams (or one shared pool of ``cfg.pool_cells`` with ``cfg.unified``), cfg's batch
+    sizes, KV types, swa_full and flash attention as the engine resolves them. The embeddings context (created
+    on the first /v1/embeddings call) counts when ``embeddings`` is true, or when None for an embedding model
+    (its only context). So does the RAM prefix cache's budget (``prefix_cache_bytes``; unset: the size of the
+    slots' KV cache), all of which it may fill."""
     shape = model if isinstance(model, ModelShape) else read_shape(model)
     pooled = cfg.embedding if cfg.embedding is not None else shape.pooling
     ctx = min(cfg.ctx_size, shape.n_ctx_train) if shape.n_ctx_train > 0 else cfg.ctx_size
@@ -460,7 +464,7 @@ def estimate_for(model: str | Path | ModelShape, cfg: EngineConfig, *, embedding
     else:
         est = estimate(shape, ctx, cfg.parallel, cfg.cache_type_k, cfg.cache_type_v, cfg.batch_size,
                        cfg.n_ubatch, swa_full=cfg.swa_full, flash_attn=flash, prefill_chunk=cfg.prefill_chunk,
-                       gpu=gpu)
+                       gpu=gpu, kv_unified=cfg.unified, pool_cells=cfg.pool_cells if cfg.unified else None)
         cache = cfg.prefix_cache_bytes if cfg.prefix_cache_bytes is not None else est.kv_bytes
         est = dataclasses.replace(est, prefix_cache_bytes=cache)
     if embeddings or (embeddings is None and pooled):

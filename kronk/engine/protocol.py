@@ -142,6 +142,11 @@ class EngineStats:
     # each prefix cache tier's numbers (slot; ram and disk when on): hits, misses, tokens, evictions, writes,
     # bytes, entries (and budget_bytes for ram and disk); see kronk/engine/prefix_cache.py
     prefix_cache: dict[str, dict[str, int]] = field(default_factory=dict)
+    # the slots share one KV pool (kv_unified): kv_cells_total is the pool; swapped: requests swapped out to
+    # host memory for want of cells, waiting to come back (counted in waiting too); preemptions: how many times
+    kv_unified: bool = False
+    swapped: int = 0
+    preemptions: int = 0
 
 
 class Engine(abc.ABC):

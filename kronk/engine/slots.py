@@ -21,6 +21,18 @@ class SlotState(Enum):
 
 
 @dataclass
+class Swapped:
+    """A running request swapped out of a shared KV pool (kv_unified) for want of cells: its sequence's state
+    bytes and the slot fields that go with them, put back into a slot when there is room."""
+
+    snapshot: Snapshot
+    pending: list[int]
+    next_token: int
+    state: SlotState
+    floor: int
+
+
+@dataclass
 class Job:
     """A request inside the engine: its queue back to the caller and its running state."""
 
@@ -47,6 +59,7 @@ class Job:
     restore: tuple[Snapshot, int] | None = None
     disk_looked: bool = False
     from_tier: tuple[str, int] | None = None  # the tier ("ram", "disk") that restored how many of its tokens
+    swapped: Swapped | None = None  # set while the request is swapped out of a shared KV pool
     # fed each sampled token when the request is guarded (GenerationRequest.guarded)
     guard: RepetitionGuard | None = field(default=None, init=False)
 

@@ -122,6 +122,10 @@ def _measure_rows(model: LlamaModel, threads: int, limit: int, flash_attn: int, 
         llama_cpp.llama_free(ctx)
 
 
+class _PoolFull(Exception):
+    """The draft model's shared KV pool has no free cells for a decode."""
+
+
 class DraftModel:
     """A small model of the target's vocabulary that drafts greedily, one llama.cpp sequence per slot.
 
@@ -130,17 +134,17 @@ class DraftModel:
     all slots' rows in one decode."""
 
     def __init__(self, path: str, target: LlamaModel, n_slots: int, n_ctx_slot: int, threads: int,
-                 gpu_layers: int = 0, llama_log: bool = False):
+                 gpu_layers: int = 0, llama_log: bool = False, pool_cells: int = 0):
         self.model = LlamaModel(path, gpu_layers=gpu_layers, llama_log=llama_log)
         self.ctx = None
         try:
             self._check_vocab(target)
             p = llama_cpp.llama_context_default_params()
-            p.n_ctx = n_ctx_slot * n_slots
+            p.n_ctx = pool_cells or n_ctx_slot * n_slots  # pool_cells: one pool shared by the slots, as the target's
             p.n_batch = p.n_ubatch = 512
             p.n_seq_max = n_slots
             p.n_threads = p.n_threads_batch = threads
-            p.kv_unified, p.no_perf, p.swa_full, p.embeddings = False, True, True, False
+            p.kv_unified, p.no_perf, p.swa_full, p.embeddings = bool(pool_cells), True, True, False
             self.ctx = llama_cpp.llama_init_from_model(self.model.ptr, p)
             if not self.ctx:
                 raise EngineError(f"llama.cpp could not create a context for the draft model {path}")
@@ -149,7 +153,7 @@ class DraftModel:
             raise
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.n_batch = llama_cpp.llama_n_batch(self.ctx)
-        self.n_ctx_slot = llama_cpp.llama_n_ctx_seq(self.ctx)
+        self.n_ctx_slot = min(n_ctx_slot, llama_cpp.llama_n_ctx_seq(self.ctx))
         self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self.cache: list[list[int]] = [[] for _ in range(n_slots)]
 
@@ -169,7 +173,10 @@ class DraftModel:
             b.token[i], b.pos[i], b.n_seq_id[i] = t, pos, 1
             b.seq_id[i][0], b.logits[i] = seq, logits
         b.n_tokens = len(rows)
-        if llama_cpp.llama_decode(self.ctx, b) != 0:
+        rc = llama_cpp.llama_decode(self.ctx, b)
+        if rc == 1:
+            raise _PoolFull
+        if rc != 0:
             raise EngineError("the draft model's llama_decode failed")
 
     def _argmax(self, row: int) -> int:
@@ -178,7 +185,16 @@ class DraftModel:
 
     def draft(self, wants: list[tuple[int, list[int], int]]) -> dict[int, list[int]]:
         """``wants``: (slot id, the slot's context ending with its pending token, k). Returns each slot's
-        draft (at most k tokens)."""
+        draft (at most k tokens). A shared pool that runs out of cells is emptied (every slot's draft context
+        is evaluated again when next needed) and this step gets no draft."""
+        try:
+            return self._draft(wants)
+        except _PoolFull:
+            for slot in range(len(self.cache)):
+                self.forget(slot)
+            return {}
+
+    def _draft(self, wants: list[tuple[int, list[int], int]]) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {}
         live: list[tuple[int, int]] = []  # (slot, k) still drafting
         for slot, context, k in wants:
