@@ -122,8 +122,9 @@ def table(round_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict]) ->
              f"Median of {n_rounds} rounds (range in brackets); ratios are the median of the ratios measured "
              "in the same round.", "",
              "| concurrency | " + " | ".join(f"{s} tok/s | {s} TTFT ms" for s in systems)
-             + " | engine / llama-server | serve / llama-server | serve / engine | serve-proxy / engine |",
-             "|" + "---|" * (1 + 2 * len(systems) + 4)]
+             + " | engine / llama-server | serve / llama-server | serve / engine | serve-proxy / engine "
+             "| defaults / llama-server -np 8 |",
+             "|" + "---|" * (1 + 2 * len(systems) + 5)]
     for c in sorted({r["concurrency"] for r in conc_rows}):
         cells = []
         for s in systems:
@@ -136,7 +137,8 @@ def table(round_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict]) ->
             return f"{x:.2f}" if x is not None else "-"
 
         cells += [ratio("kronk-engine", "llama-server"), ratio("kronk-serve", "llama-server"),
-                  ratio("kronk-serve", "kronk-engine"), ratio("kronk-serve-proxy", "kronk-engine")]
+                  ratio("kronk-serve", "kronk-engine"), ratio("kronk-serve-proxy", "kronk-engine"),
+                  ratio("kronk-serve-defaults", "llama-server-np8")]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     lines += ["", "### 12-turn chat (TTFT ms / decode tok/s per turn)", ""]
     csys = sorted({r["system"] for r in chat_rows})
@@ -207,11 +209,15 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="GGUF path (default: the default model from PyPI)")
     ap.add_argument("--concurrency", default="1,4,8,16")
     ap.add_argument("--serve-concurrency", default="1,4,8")
+    ap.add_argument("--defaults-concurrency", default="1,4,8,16,32",
+                    help="concurrencies of kronk-serve-defaults and llama-server-np8")
     ap.add_argument("--tokens", type=int, default=128, help="tokens generated per request")
     ap.add_argument("--chat-tokens", type=int, default=48, help="tokens per chat turn")
     ap.add_argument("--ctx", type=int, default=2048, help="context per slot")
     ap.add_argument("--skip", default="", help="comma list of: engine,llama-server,serve (`kronk server start`: "
-                    "the model replica takes HTTP),serve-proxy (Serve's HTTP proxy in front)")
+                    "the model replica takes HTTP),serve-proxy (Serve's HTTP proxy in front),serve-defaults "
+                    "(`kronk server start` with every engine setting at its default),llama-server-np8 "
+                    "(llama-server --parallel 8, its own default context)")
     ap.add_argument("--out", type=Path, default=None,
                     help="results folder (default: benchmarks/results, or a temporary one with --skip)")
     ap.add_argument("--rounds", type=int, default=3,
@@ -220,6 +226,7 @@ def main() -> None:
     model = args.model or default_model()
     conc = [int(x) for x in args.concurrency.split(",")]
     sconc = [int(x) for x in args.serve_concurrency.split(",")]
+    dconc = [int(x) for x in args.defaults_concurrency.split(",")]
     skip = set(filter(None, args.skip.split(",")))
     parallel = max(conc + sconc)
     round_rows: list[dict] = []
@@ -249,6 +256,19 @@ def main() -> None:
                                   chat if system == "kronk-serve" else None)
                 round_rows += r
                 chat_rows += c
+        # as users run them: `make serve`'s settings (16 slots in a shared pool of 4 x 8192 cells, repacked
+        # weights) beside `llama-server --parallel 8` with its default context (the model's trained 32768,
+        # 4096 per slot)
+        if "llama-server-np8" not in skip:
+            with llama_server(model, threads, 8, 4096) as url:
+                r, _ = http_round("llama-server-np8", url, "gemma3-270m", dconc, args.tokens, rnd)
+                round_rows += r
+        if "serve-defaults" not in skip:
+            dargs = {"models": [{"name": "gemma3-270m", "source": model, "chat_template": "gemma", "num_cpus": 1,
+                                 "threads": threads}]}
+            with kronk_serve(dargs, front="replica") as url:
+                r, _ = http_round("kronk-serve-defaults", url, "gemma3-270m", dconc, args.tokens, rnd)
+                round_rows += r
     if "engine" not in skip:
         kv_rows = bench_kv(model, args.tokens, args.ctx)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.processor() or platform.machine(),

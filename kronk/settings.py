@@ -72,6 +72,15 @@ MAX_CONTEXT_CELLS = 2**31 - 1
 
 # The shared KV pool's default size, in contexts of ctx_size (kv_unified): the memory 4 slots of their own take.
 POOL_CONTEXTS = 4
+# Slots per replica when none is set: many with a shared pool (a slot costs only the cells its sequence uses),
+# fewer with a KV stream of its own per slot (each holds a whole ctx_size).
+POOL_PARALLEL = 16
+STREAM_PARALLEL = 4
+
+
+def default_parallel(kv_unified: bool | None, batch_invariant: bool) -> int:
+    """The slots a replica gets when ``parallel`` is unset."""
+    return POOL_PARALLEL if unified(kv_unified, batch_invariant) else STREAM_PARALLEL
 
 
 def pool_tokens(ctx_size: int, kv_pool_tokens: int | None) -> int:
@@ -172,8 +181,8 @@ class ModelConfig(BaseModel):
     embedding: bool | None = Field(default=None, description="Serve as an embedding model.")
     chat_template: str | None = Field(default=None, description="Jinja chat template overriding GGUF/catalog.")
     batch_invariant: bool | None = Field(
-        default=None, description="Temperature-0 output independent of load (default on; off allows "
-        "repacked CPU weights).")
+        default=None, description="Temperature-0 output independent of load (default off: repacked CPU weights "
+        "and a shared KV pool, faster).")
     kv_unified: bool | None = Field(
         default=None, description="One KV pool shared by the slots (default: on when batch_invariant is off).")
     kv_pool_tokens: int | None = Field(
@@ -264,7 +273,9 @@ class Settings(BaseSettings):
     # Defaults for every model: each field that ModelConfig has too is inherited by a model that leaves it
     # unset (Settings.resolved_model). None where it stands for a value derived per model or per machine
     # (DERIVED_DEFAULTS says from what).
-    parallel: int = Field(default=4, ge=1, le=256, description="Sequence slots per replica.")
+    parallel: int | None = Field(
+        default=None, ge=1, le=256, description="Sequence slots per replica (requests decoded together; default: "
+        f"{POOL_PARALLEL} with a shared KV pool, kv_unified, else {STREAM_PARALLEL}).")
     ctx_size: int = Field(
         default=8192, ge=64, description="Context length of one slot, in tokens (for a catalog model: at most "
         "this, within the catalog's context length).")
@@ -282,8 +293,10 @@ class Settings(BaseSettings):
     threads_batch: int | None = Field(default=None, ge=1, description="Prompt threads per replica (default: threads).")
     batch_size: int = Field(default=512, ge=16, description="Tokens per llama_decode call.")
     batch_invariant: bool = Field(
-        default=True, description="Temperature-0 output independent of load (off allows repacked CPU weights, "
-        "somewhat faster on some CPUs).")
+        default=False, description="Temperature-0 output independent of load: no repacked CPU weights, a KV stream "
+        "of its own per slot (no shared pool), at most the rows llama.cpp computes exactly like one in a verify "
+        "step. Off (the default): repacked weights and a shared KV pool, faster, and temperature-0 output may "
+        "vary slightly with what else is decoded at the same time (docs/configuration.md).")
     kv_unified: bool | None = Field(
         default=None, description="One KV pool (llama.cpp's unified KV cache) shared by a replica's slots: a "
         "request may use up to ctx_size of it and a slot holds only what its sequence uses, so many slots cost "
@@ -493,9 +506,12 @@ class Settings(BaseSettings):
             values = [getattr(m, f) if getattr(m, f) is not None else getattr(self, f)
                       for f in ("parallel", "batch_size", "ctx_size", "kv_unified", "batch_invariant",
                                 "kv_pool_tokens")]
+            if values[0] is None:
+                values[0] = default_parallel(values[3], values[4])
             problems += [f"model {m.name}: {p}" for p in batching_problems(*values)]
         if not self.models:
-            problems += batching_problems(self.parallel, self.batch_size, self.ctx_size, self.kv_unified,
+            parallel = self.parallel or default_parallel(self.kv_unified, self.batch_invariant)
+            problems += batching_problems(parallel, self.batch_size, self.ctx_size, self.kv_unified,
                                           self.batch_invariant, self.kv_pool_tokens)
         if problems:
             raise PydanticCustomError("batch_settings", "; ".join(problems))
@@ -546,6 +562,9 @@ class Settings(BaseSettings):
             template = getattr(catalog, "chat_template", None)
             if m.chat_template is None and template:
                 data["chat_template"] = template
+        data["kv_unified"] = unified(data["kv_unified"], data["batch_invariant"])
+        if data["parallel"] is None:
+            data["parallel"] = default_parallel(data["kv_unified"], data["batch_invariant"])
         data["cache_type_k"] = data["cache_type_k"] or data["kv_cache_type"]
         data["cache_type_v"] = data["cache_type_v"] or data["kv_cache_type"]
         data["max_replicas"] = max(data["max_replicas"], data["min_replicas"])
@@ -627,6 +646,7 @@ DERIVED_DEFAULTS = {
     "threads": "physical cores",
     "prefix_cache_bytes": "the size of the slots' KV cache",
     "kv_unified": "on when batch_invariant is off",
+    "parallel": f"{POOL_PARALLEL} with a shared KV pool (kv_unified), else {STREAM_PARALLEL}",
     "kv_pool_tokens": "ctx_size x 4",
     "prefix_cache_dir": "<models_dir>/.kv-cache",
     "threads_batch": "threads",

@@ -51,9 +51,11 @@ def no_hub_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def small_model_services() -> Iterator[dict[str, ModelService]]:
     """One service per small model, as a replica runs it (the same handlers, the sampling defaults a replica
     resolves for it), closed at the end."""
-    engines = {GEMMA: LlamaEngine(EngineConfig(model_path=gemma_path(), name=GEMMA, parallel=4, ctx_size=2048,
+    engines = {GEMMA: LlamaEngine(EngineConfig(batch_invariant=True,
+                                               model_path=gemma_path(), name=GEMMA, parallel=4, ctx_size=2048,
                                                chat_template="gemma")),
-               SMOL: LlamaEngine(EngineConfig(model_path=smollm_path(), name=SMOL, parallel=2, ctx_size=2048))}
+               SMOL: LlamaEngine(EngineConfig(batch_invariant=True,
+                                              model_path=smollm_path(), name=SMOL, parallel=2, ctx_size=2048))}
     catalog = Catalog.load()  # the sampling defaults a replica resolves: the GGUF's, the catalog's, the server's
     try:
         yield {name: ModelService(e, name, HANDLERS, sampling=model_sampling(SamplingDefaults(), e, catalog.get(name)))

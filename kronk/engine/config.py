@@ -16,6 +16,7 @@ from kronk.settings import (
     Settings,
     Speculative,
     batching_problems,
+    default_parallel,
     pool_tokens,
     unified,
 )
@@ -45,7 +46,7 @@ class EngineConfig(BaseModel):
 
     model_path: str = Field(description="Path of the GGUF file (first part of a split GGUF).")
     name: str = Field(default="model", description="The model id clients use.")
-    parallel: int = _server("parallel", ge=1, le=256)
+    parallel: int | None = _server("parallel", ge=1, le=256)
     ctx_size: int = _server("ctx_size", ge=64, description="Context length of one slot (at most the GGUF's "
                             "trained context: the engine caps it).")
     cache_type_k: KVCacheType = _server("kv_cache_type", description="K cache type.")
@@ -112,7 +113,8 @@ class EngineConfig(BaseModel):
 
     @property
     def pool_cells(self) -> int:
-        """The shared pool's cells (with ``unified``): kv_pool_tokens, else ctx_size x POOL_CONTEXTS."""
+        """The shared pool's cells (with ``unified``): kv_pool_tokens, else ctx_size x POOL_CONTEXTS (the engine
+        takes ctx_size within the model's trained context first)."""
         return pool_tokens(self.ctx_size, self.kv_pool_tokens)
 
     @model_validator(mode="after")
@@ -123,6 +125,10 @@ class EngineConfig(BaseModel):
         (at most ``prefill_chunk``), so both must fit in ``batch_size``. The prefill grid left at its default
         shrinks to the micro-batch instead (a chunk is then one ubatch): it is fixed per engine, so outputs
         still do not depend on load; one set explicitly larger than batch_size is refused."""
+        if self.parallel is None:  # unset: the server's rule (many slots with a shared pool)
+            self.parallel = default_parallel(self.kv_unified, self.batch_invariant)
+        if self.kv_unified is None:  # unset: a shared pool unless batch invariance is asked for
+            self.kv_unified = unified(None, self.batch_invariant)
         problems = batching_problems(self.parallel, self.batch_size, self.ctx_size, self.kv_unified,
                                      self.batch_invariant, self.kv_pool_tokens)
         if self.ubatch_size is not None and self.ubatch_size > self.batch_size:

@@ -76,6 +76,7 @@ from kronk.errors import (
     KronkError,
     Unsupported,
 )
+from kronk.settings import pool_tokens
 
 log = logging.getLogger("kronk.engine")
 
@@ -135,7 +136,7 @@ class LlamaEngine(Engine):
             ctx_slot = min(ctx_slot, m.n_ctx_train)
         p = llama_cpp.llama_context_default_params()
         self.unified = cfg.unified
-        p.n_ctx = cfg.pool_cells if self.unified else ctx_slot * cfg.parallel
+        p.n_ctx = pool_tokens(ctx_slot, cfg.kv_pool_tokens) if self.unified else ctx_slot * cfg.parallel
         p.n_batch = cfg.batch_size
         p.n_ubatch = cfg.n_ubatch  # EngineConfig checked it and the rest against batch_size
         p.n_seq_max = cfg.parallel

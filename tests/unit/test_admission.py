@@ -37,7 +37,8 @@ BROKEN_SEED = 4242  # the sampler chain of a request with this seed fails to bui
 
 def make_engine(**cfg: Any) -> LlamaEngine:
     # one thread: llama.cpp's spinning threads slow down badly on a machine busy with other work
-    return LlamaEngine(EngineConfig(model_path=gemma_path(), name=GEMMA, ctx_size=1024, chat_template="gemma",
+    return LlamaEngine(EngineConfig(batch_invariant=True,
+                                    model_path=gemma_path(), name=GEMMA, ctx_size=1024, chat_template="gemma",
                                     threads=1, **cfg))
 
 

@@ -36,7 +36,7 @@ def test_one_model_serves_http_from_its_own_replicas(tmp_path):
     assert dep._deployment_config.autoscaling_config.max_replicas == 3
     assert dep._deployment_config.health_check_period_s == 10
     # room for /health, /metrics ... beyond the model's own admission limit (parallel + max_queued by default)
-    assert dep._deployment_config.max_ongoing_requests == 4 + 64 + HTTP_HEADROOM
+    assert dep._deployment_config.max_ongoing_requests == 16 + 64 + HTTP_HEADROOM
 
 
 @pytest.mark.parametrize("extra,model", [({"ingress": "router"}, {}), ({}, {"min_replicas": 0, "max_replicas": 2})])

@@ -31,4 +31,12 @@ def test_table_shows_the_paired_ratio():
     md = table(ROUNDS, [], [])
     line = next(ln for ln in md.splitlines() if ln.startswith("| 8 |"))
     cells = [c.strip() for c in line.strip(" |").split("|")]
-    assert cells[-2:] == ["0.90", "-"] and "80.0 (60-100)" in cells  # serve / engine; no serve-proxy rows
+    # serve / engine; no serve-proxy rows; no make-serve-defaults rows
+    assert cells[-3:] == ["0.90", "-", "-"] and "80.0 (60-100)" in cells
+
+
+def test_table_shows_the_defaults_beside_llama_server_np8():
+    rounds = [row("kronk-serve-defaults", 16, 0, 50.0), row("llama-server-np8", 16, 0, 40.0),
+              row("kronk-serve-defaults", 16, 1, 30.0), row("llama-server-np8", 16, 1, 25.0)]
+    line = next(ln for ln in table(rounds, [], []).splitlines() if ln.startswith("| 16 |"))
+    assert line.strip(" |").split("|")[-1].strip() == "1.23"  # median of 1.25 and 1.20

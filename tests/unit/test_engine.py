@@ -21,7 +21,8 @@ PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", 
 
 @pytest.fixture(scope="module")
 def engine():
-    e = LlamaEngine(EngineConfig(model_path=gemma_path(), name="gemma3-270m", parallel=4, ctx_size=1024,
+    e = LlamaEngine(EngineConfig(batch_invariant=True,
+                                 model_path=gemma_path(), name="gemma3-270m", parallel=4, ctx_size=1024,
                                  chat_template="gemma"))
     yield e
     e.close()
@@ -70,7 +71,8 @@ async def test_a_small_batch_size_gives_the_same_outputs_alone_and_batched(engin
     every step stays within the 32-row llama_batch. Outputs are the same alone, batched and cached; and the
     same as the default batch size's for prompts within one chunk (a longer prompt is computed in chunks of
     another shape there, and llama.cpp's numbers shift with a chunk's shape: its output may differ)."""
-    small = LlamaEngine(EngineConfig(model_path=gemma_path(), parallel=4, ctx_size=1024, batch_size=32))
+    small = LlamaEngine(EngineConfig(batch_invariant=True,
+                                     model_path=gemma_path(), parallel=4, ctx_size=1024, batch_size=32))
     try:
         assert (small.n_batch, small.prefill_grid) == (32, 32)
         prompts = [LONG_PROMPT, *PROMPTS[:3]]
@@ -89,7 +91,8 @@ async def test_a_batch_row_past_the_llama_batch_fails_the_step_instead_of_writin
     """The guard behind EngineConfig's rules (which keep every step within batch_size rows; llama.cpp itself
     aborts the process at a context with more slots than batch rows): were a chunk ever larger than the
     llama_batch, the step fails its requests with an EngineError instead of writing past the arrays."""
-    e = LlamaEngine(EngineConfig(model_path=gemma_path(), parallel=2, ctx_size=256, batch_size=16))
+    e = LlamaEngine(EngineConfig(batch_invariant=True,
+                                 model_path=gemma_path(), parallel=2, ctx_size=256, batch_size=16))
     try:
         assert (e.n_batch, e.prefill_grid) == (16, 16)
         e.prefill_grid = 64  # as if a bug let a chunk outgrow the batch
@@ -156,7 +159,8 @@ async def test_second_chat_turn_prefills_only_new_tokens(engine):
 
 @pytest.mark.parametrize("kv", KV_CACHE_TYPES)
 async def test_every_kv_cache_type_loads_and_generates(kv):
-    e = LlamaEngine(EngineConfig(model_path=gemma_path(), parallel=1, ctx_size=256, cache_type_k=kv, cache_type_v=kv))
+    e = LlamaEngine(EngineConfig(batch_invariant=True,
+                                 model_path=gemma_path(), parallel=1, ctx_size=256, cache_type_k=kv, cache_type_v=kv))
     try:
         text, tokens, last, _ = await run(e, "The capital of France is", max_tokens=8)
         assert len(tokens) == 8 and text.strip()
@@ -167,14 +171,15 @@ async def test_every_kv_cache_type_loads_and_generates(kv):
 
 def test_quantized_v_without_flash_attention_is_refused():
     with pytest.raises(InvalidRequest, match="flash attention"):
-        LlamaEngine(EngineConfig(model_path=gemma_path(), parallel=1, ctx_size=256,
+        LlamaEngine(EngineConfig(batch_invariant=True, model_path=gemma_path(), parallel=1, ctx_size=256,
                                  cache_type_v="q4_0", flash_attn="off"))
 
 
 async def test_q8_kv_holds_about_half_the_bytes_of_f16():
     sizes = {}
     for kv in ("f16", "q8_0"):
-        e = LlamaEngine(EngineConfig(model_path=gemma_path(), parallel=1, ctx_size=512, cache_type_k=kv,
+        e = LlamaEngine(EngineConfig(batch_invariant=True,
+                                     model_path=gemma_path(), parallel=1, ctx_size=512, cache_type_k=kv,
                                      cache_type_v=kv))
         try:
             await run(e, "The capital of France is Paris. " * 20, max_tokens=2)
@@ -217,7 +222,7 @@ async def test_prompt_longer_than_context_is_rejected(engine):
 
 
 async def test_generation_stops_with_length_when_context_is_full():
-    e = LlamaEngine(EngineConfig(model_path=gemma_path(), parallel=1, ctx_size=64))
+    e = LlamaEngine(EngineConfig(batch_invariant=True, model_path=gemma_path(), parallel=1, ctx_size=64))
     try:
         _, tokens, last, _ = await run(e, "Count: 1, 2, 3,", ignore_eos=True)
         assert last.finish_reason == "length"
@@ -261,7 +266,7 @@ async def test_embeddings_are_normalised_and_ordered(engine):
 
 
 async def test_gguf_chat_template_is_used_when_present():
-    e = LlamaEngine(EngineConfig(model_path=smollm_path(), parallel=2, ctx_size=512))
+    e = LlamaEngine(EngineConfig(batch_invariant=True, model_path=smollm_path(), parallel=2, ctx_size=512))
     try:
         prompt = e.apply_chat_template([{"role": "user", "content": "Hi"}])
         assert "<|im_start|>user" in prompt and prompt.rstrip().endswith("assistant")

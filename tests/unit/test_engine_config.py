@@ -22,7 +22,9 @@ pytestmark = pytest.mark.usefixtures("clean_env")  # every test: no machine env,
     ({"parallel": 32, "batch_size": 16}, ["parallel 32", "batch_size 16"]),
     ({"batch_size": 32, "prefill_chunk": 64}, ["prefill_chunk 64", "batch_size 32"]),
     ({"batch_size": 64, "ubatch_size": 128}, ["ubatch_size 128", "batch_size 64"]),
-    ({"ctx_size": 2**30, "parallel": 4}, ["ctx_size x parallel", str(MAX_CONTEXT_CELLS)]),
+    ({"ctx_size": 2**30, "parallel": 4, "batch_invariant": True}, ["ctx_size x parallel", str(MAX_CONTEXT_CELLS)]),
+    ({"kv_pool_tokens": 2**32}, ["kv_pool_tokens 4294967296", str(MAX_CONTEXT_CELLS)]),
+    ({"kv_unified": True, "batch_invariant": True}, ["kv_unified needs batch_invariant false"]),
 ])
 def test_an_impossible_combination_is_refused_before_loading(kw: dict, named: list[str]) -> None:
     with pytest.raises(EngineSettingsError) as e:
@@ -70,7 +72,8 @@ def test_settings_refuse_a_model_whose_resolved_values_are_impossible() -> None:
     s = Settings(batch_size=16, models=[{"name": "a", "parallel": 16}, {"name": "b", "parallel": 4}])
     assert [s.resolved_model(m).parallel for m in ("a", "b")] == [16, 4]
     with pytest.raises(ValidationError, match="model b: ctx_size x parallel"):
-        Settings(models=[{"name": "a"}, {"name": "b", "ctx_size": 2**29, "parallel": 8, "batch_size": 16}])
+        Settings(models=[{"name": "a"}, {"name": "b", "ctx_size": 2**29, "parallel": 8, "batch_size": 16,
+                                                  "batch_invariant": True}])
 
 
 def test_server_start_fails_early_with_a_clear_message(clean_env: Path) -> None:

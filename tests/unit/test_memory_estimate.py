@@ -212,7 +212,7 @@ def _config(model: str, parallel: int, ctx: int, kv: str) -> EngineConfig:
     # invariant_rows) would be logged as a KV allocation of the first case of each model; prompt lookup itself
     # allocates no KV, so the steady state is the same
     return EngineConfig(model_path=path, parallel=parallel, ctx_size=ctx, cache_type_k=kv, cache_type_v=kv,
-                        llama_log=True, speculative="off")
+                        llama_log=True, speculative="off", batch_invariant=True)
 
 
 def measure(cases: list[tuple]) -> list[dict]:
@@ -285,10 +285,13 @@ def test_the_estimate_is_within_15_percent_of_the_measured_rss_growth(measured, 
 
 def test_estimate_for_sizes_what_the_engine_creates():
     smol = read_shape(smollm_path())  # trained for 8192 tokens: the engine caps a slot's context there
-    e = estimate_for(smol, EngineConfig(model_path=smol.path, parallel=2, ctx_size=16384))
+    e = estimate_for(smol, EngineConfig(model_path=smol.path, parallel=2, ctx_size=16384, batch_invariant=True))
     assert e.kv_cells == 2 * 8192 and e.kv_bytes == 2 * 8192 * smol.kv_row_bytes("f16", "f16", swa=False)
+    # a shared pool (the default): 4 contexts of the capped ctx_size, whatever the slots
+    e = estimate_for(smol, EngineConfig(model_path=smol.path, parallel=16, ctx_size=16384))
+    assert e.kv_cells == 4 * 8192 and e.kv_bytes == 4 * 8192 * smol.kv_row_bytes("f16", "f16", swa=False)
     gemma = read_shape(gemma_path())
-    cfg = EngineConfig(model_path=gemma.path, parallel=2, ctx_size=1024, swa_full=False)
+    cfg = EngineConfig(model_path=gemma.path, parallel=2, ctx_size=1024, swa_full=False, batch_invariant=True)
     plain = estimate_for(gemma, cfg)
     assert plain.kv_cells_swa == 2 * 1024 and plain.kv_cells == 2 * 1024  # window 512 + ubatch 512 = the slot
     # the embeddings context only when asked: one f16 stream of embedding_ctx (8192) cells, every layer

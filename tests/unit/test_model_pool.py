@@ -44,7 +44,8 @@ class Loads:
         time.sleep(self.delay_s)
         if model in self.fail:
             raise RuntimeError(f"{model}: bad file")
-        eng = LlamaEngine(EngineConfig(model_path=smollm_path(), name=model, parallel=2, ctx_size=512))
+        eng = LlamaEngine(EngineConfig(batch_invariant=True,
+                                       model_path=smollm_path(), name=model, parallel=2, ctx_size=512))
         return ModelService(eng, model, HANDLERS)
 
 

@@ -258,7 +258,8 @@ class FakeStore:
 @pytest.fixture(scope="module")
 def pool_url() -> Iterator[str]:
     """A pool that serves m1: SmolLM2 with an embedding context of 64 tokens (one engine, kept across loads)."""
-    engine = LlamaEngine(EngineConfig(model_path=smollm_path(), name="m1", parallel=1, ctx_size=512,
+    engine = LlamaEngine(EngineConfig(batch_invariant=True,
+                                      model_path=smollm_path(), name="m1", parallel=1, ctx_size=512,
                                       embedding_ctx=64))
     svc = ModelService(engine, "m1", HANDLERS)
     pool = ModelPool(lambda model, plan: svc, lambda model, free: LoadPlan(1, {"ctx_size": 512}), budget_bytes=10,

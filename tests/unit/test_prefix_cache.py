@@ -137,7 +137,7 @@ def run(e: LlamaEngine, prompt: list[int], n: int = MAX_TOKENS) -> tuple[list[in
 
 def engine(path: str, **kw) -> LlamaEngine:
     kw.setdefault("parallel", 2)
-    return LlamaEngine(EngineConfig(model_path=path, ctx_size=2048, **kw))
+    return LlamaEngine(EngineConfig(batch_invariant=True, model_path=path, ctx_size=2048, **kw))
 
 
 def no_caches(path: str, **kw) -> LlamaEngine:

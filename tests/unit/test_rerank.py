@@ -36,17 +36,20 @@ DOCS = ["a cat is a small feline", "rockets fly to space", "bread and butter", "
 
 class Rerankers:
     def __init__(self, root: Path):
-        self.twin = LlamaEngine(EngineConfig(model_path=str(build(root / "twin.gguf", pooling=3)), name="twin",
+        self.twin = LlamaEngine(EngineConfig(batch_invariant=True,
+                                             model_path=str(build(root / "twin.gguf", pooling=3)), name="twin",
                                              embedding_ctx=N_CTX, threads=1))
         # a head orthogonal to a reference pair's hidden state: the scores of similar pairs spread around 0.5
         h_ref = self.hidden_sync(self.template_tokens("what is it", "something"))
         w = np.random.default_rng(0).normal(size=(2, N_EMBD)) * 0.1
         self.head = (w - np.outer(w @ h_ref, h_ref) / (h_ref @ h_ref)).astype(np.float32)
-        self.rr = LlamaEngine(EngineConfig(model_path=str(build(root / "rr.gguf", pooling=4, head=self.head,
+        self.rr = LlamaEngine(EngineConfig(batch_invariant=True,
+                                           model_path=str(build(root / "rr.gguf", pooling=4, head=self.head,
                                                                 template=RERANK_TEMPLATE)),
                                            name=RR, embedding_ctx=N_CTX, threads=1))
         flags = {"add_bos_token": True, "add_eos_token": True, "add_sep_token": True, "seperator_token_id": 0}
-        self.plain = LlamaEngine(EngineConfig(model_path=str(build(root / "plain.gguf", pooling=4, head=self.head,
+        self.plain = LlamaEngine(EngineConfig(batch_invariant=True,
+                                              model_path=str(build(root / "plain.gguf", pooling=4, head=self.head,
                                                                    vocab_flags=flags)),
                                               name="plain", embedding_ctx=N_CTX, threads=1))
 

@@ -28,7 +28,11 @@ pytestmark = pytest.mark.usefixtures("clean_env")  # every test: no machine env,
 
 
 def _other_value(name: str) -> Any:
-    """A valid value for Settings field ``name`` that is not its default."""
+    """A valid value for Settings field ``name`` that is not its default (and valid beside every other field's
+    value from here: kv_unified true would need batch_invariant false)."""
+    special = {"kv_pool_tokens": 4096, "kv_unified": False}
+    if name in special:
+        return special[name]
     info = Settings.model_fields[name]
     default = info.get_default(call_default_factory=True)
     ann = info.annotation
@@ -93,11 +97,17 @@ def test_resolved_model_leaves_nothing_for_downstream_to_default() -> None:
     assert {f for f, v in r.model_dump().items() if v is None} == {
         "source", "tensor_split", "threads", "threads_batch", "embedding", "chat_template",
         "draft_model",  # no draft model unless the model names one (speculative: draft)
-        "prefix_cache_bytes"}  # the engine sizes it as its slots' KV cache
+        "prefix_cache_bytes",  # the engine sizes it as its slots' KV cache
+        "kv_pool_tokens"}  # ctx_size x 4, the engine's ctx_size (within the model's trained context)
+    assert r.kv_unified is True and r.batch_invariant is False  # the defaults: a shared pool
     assert (r.cache_type_k, r.cache_type_v) == ("f16", "f16")
     assert r.target_ongoing_requests == 6.0 and r.max_ongoing_requests == 6 + 64  # parallel + max_queued
     assert r.initial_replicas == 3 and r.max_replicas == 3  # max at least min
-    assert Settings(max_queued=3).resolved_model(DEFAULT_MODEL).max_ongoing_requests == 4 + 3
+    assert Settings(max_queued=3).resolved_model(DEFAULT_MODEL).max_ongoing_requests == 16 + 3
+    # parallel unset: 16 slots with a shared KV pool, 4 with a stream of their own each (batch_invariant)
+    assert Settings().resolved_model(DEFAULT_MODEL).parallel == 16
+    r = Settings(batch_invariant=True).resolved_model(DEFAULT_MODEL)
+    assert (r.parallel, r.kv_unified) == (4, False)
     assert Settings().resolved_model(DEFAULT_MODEL).initial_replicas == 1
     assert Settings(models=[{"name": "z", "min_replicas": 0}]).resolved_model("z").initial_replicas == 1
 
@@ -215,7 +225,7 @@ def test_from_resolved_reads_no_env_set_after_resolution(monkeypatch: pytest.Mon
     monkeypatch.setenv("HF_TOKEN", "hf_from_env")
     monkeypatch.setenv("HF_ENDPOINT", "http://mirror.invalid")
     s = Settings.from_resolved(args)
-    assert s.parallel == 4 and s.models_dir is None and s.home == tmp_path / "h"
+    assert s.parallel is None and s.models_dir is None and s.home == tmp_path / "h"  # None: derived, not 9
     assert s.hf_token is None and s.hf_endpoint is None
     # a token in the args wins over HF_TOKEN
     assert Settings.from_resolved({**args, "hf_token": "hf_args"}).hf_token.get_secret_value() == "hf_args"

@@ -27,7 +27,8 @@ SLOTS = 5
 
 
 def config(share: bool, parallel: int) -> EngineConfig:
-    return EngineConfig(model_path=gemma_path(), name="gemma3-270m", parallel=parallel, ctx_size=1024,
+    return EngineConfig(batch_invariant=True,
+                        model_path=gemma_path(), name="gemma3-270m", parallel=parallel, ctx_size=1024,
                         share_prefixes=share)
 
 

@@ -64,7 +64,7 @@ def test_ngram_draft_grows_with_its_context_and_may_propose_a_short_continuation
 # ------------------------------------------------------------------ engines
 def _engine(path: str, speculative: str, **kw) -> LlamaEngine:
     kw.setdefault("parallel", 4)
-    return LlamaEngine(EngineConfig(model_path=path, ctx_size=512, speculative=speculative, **kw))
+    return LlamaEngine(EngineConfig(batch_invariant=True, model_path=path, ctx_size=512, speculative=speculative, **kw))
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,8 @@ def spans():
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    engine = LlamaEngine(EngineConfig(model_path=gemma_path(), name=MODEL, parallel=2, ctx_size=1024,
+    engine = LlamaEngine(EngineConfig(batch_invariant=True,
+                                      model_path=gemma_path(), name=MODEL, parallel=2, ctx_size=1024,
                                       chat_template="gemma"))
     try:
         settings = Settings(home=tmp_path_factory.mktemp("home"))
