@@ -561,7 +561,11 @@ class LlamaEngine(Engine):
                else (ctypes.c_uint8 * size).from_buffer_copy(snap.data))
         cache = self._tier(tier)
         assert cache is not None
-        if llama_cpp.llama_state_seq_set_data(self.ctx, buf, size, slot.id) != size:
+        loaded = llama_cpp.llama_state_seq_set_data(self.ctx, buf, size, slot.id) == size
+        while not loaded and self.unified and self._evict_idle(exclude=slot):  # a full pool: idle caches go first
+            llama_cpp.llama_memory_seq_rm(self.mem, slot.id, 0, -1)
+            loaded = llama_cpp.llama_state_seq_set_data(self.ctx, buf, size, slot.id) == size
+        if not loaded:
             log.warning("%s: llama.cpp refused a %s prefix cache snapshot of %d tokens", self.name, tier,
                         len(snap.tokens))
             llama_cpp.llama_memory_seq_rm(self.mem, slot.id, 0, -1)

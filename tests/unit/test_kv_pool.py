@@ -61,8 +61,10 @@ def test_settings_derive_the_pool_and_refuse_it_with_batch_invariance():
     shape = read_shape(gemma_path())
     pooled = estimate_for(shape, EngineConfig(model_path=gemma_path(), parallel=16, ctx_size=2048,
                                               batch_invariant=False))
-    four = estimate_for(shape, EngineConfig(model_path=gemma_path(), parallel=4, ctx_size=2048))
-    sixteen = estimate_for(shape, EngineConfig(model_path=gemma_path(), parallel=16, ctx_size=2048))
+    four = estimate_for(shape, EngineConfig(model_path=gemma_path(), parallel=4, ctx_size=2048,
+                                            batch_invariant=True))
+    sixteen = estimate_for(shape, EngineConfig(model_path=gemma_path(), parallel=16, ctx_size=2048,
+                                               batch_invariant=True))
     assert pooled.kv_cells == four.kv_cells == 4 * 2048
     assert pooled.kv_bytes == four.kv_bytes < sixteen.kv_bytes
 

@@ -130,18 +130,18 @@ async def test_concurrent_slots_with_speculation_each_equal_their_solo_output(ge
 async def test_a_verify_decode_never_holds_more_rows_than_are_exact(gemma):
     on, _ = gemma
     sizes: list[int] = []
-    real = on._decode
+    real = on._decode_in_pool
 
-    def spy(n: int) -> None:
+    def spy(n: int) -> bool:
         if on.batch.logits[0]:  # a generation decode (prompt chunks take no logits)
             sizes.append(n)
-        real(n)
+        return real(n)
 
-    on._decode = spy
+    on._decode_in_pool = spy
     try:
         await asyncio.gather(run(on, REPEAT, max_tokens=24), run(on, CODE, max_tokens=24))
     finally:
-        del on._decode
+        del on._decode_in_pool
     assert sizes and max(sizes) <= max(on.spec_rows, 2)
     assert max(sizes) > 2  # and speculation did add rows
 
