@@ -140,8 +140,24 @@ def table(round_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict]) ->
                   ratio("kronk-serve", "kronk-engine"), ratio("kronk-serve-proxy", "kronk-engine"),
                   ratio("kronk-serve-defaults", "llama-server-np8")]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    lines += ["", "### 12-turn chat (TTFT ms / decode tok/s per turn)", ""]
     csys = sorted({r["system"] for r in chat_rows})
+    if csys:
+        lines += ["", "### 12-turn chat (TTFT ms / decode tok/s per turn)", ""]
+        lines += _chat_table(chat_rows, csys)
+    if kv_rows:
+        base = next(r for r in kv_rows if r["kv_type"] == "f16")
+        lines += ["", "### KV cache types (8 sequences)", "",
+                  "| kv type | KV bytes held (same prompt) | vs f16 | tok/s @8 | vs f16 |", "|---|---|---|---|---|"]
+        for r in kv_rows:
+            held = r["seq_state_bytes"] / base["seq_state_bytes"]
+            speed = r["agg_tok_s_c8"] / base["agg_tok_s_c8"]
+            lines.append(f"| {r['kv_type']} | {r['seq_state_bytes']} | {held:.2f} "
+                         f"| {r['agg_tok_s_c8']:.1f} | {speed:.3f} |")
+    return "\n".join(lines)
+
+
+def _chat_table(chat_rows: list[dict], csys: list[str]) -> list[str]:
+    lines: list[str] = []
     lines.append("| turn | prompt tokens | " + " | ".join(f"{s} TTFT | {s} tok/s" for s in csys) + " |")
     lines.append("|" + "---|" * (2 + 2 * len(csys)))
     cby = {(r["system"], r["turn"]): r for r in chat_rows}
@@ -157,16 +173,7 @@ def table(round_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict]) ->
         if t1 and t12:
             lines.append(f"\n{s}: turn-12/turn-1 TTFT {t12['ttft_ms'] / t1['ttft_ms']:.2f}x, "
                          f"decode {t12['decode_tok_s'] / t1['decode_tok_s']:.2f}x")
-    if kv_rows:
-        base = next(r for r in kv_rows if r["kv_type"] == "f16")
-        lines += ["", "### KV cache types (8 sequences)", "",
-                  "| kv type | KV bytes held (same prompt) | vs f16 | tok/s @8 | vs f16 |", "|---|---|---|---|---|"]
-        for r in kv_rows:
-            held = r["seq_state_bytes"] / base["seq_state_bytes"]
-            speed = r["agg_tok_s_c8"] / base["agg_tok_s_c8"]
-            lines.append(f"| {r['kv_type']} | {r['seq_state_bytes']} | {held:.2f} "
-                         f"| {r['agg_tok_s_c8']:.1f} | {speed:.3f} |")
-    return "\n".join(lines)
+    return lines
 
 
 def save(round_rows: list[dict], chat_rows: list[dict], kv_rows: list[dict], meta: dict[str, Any],
