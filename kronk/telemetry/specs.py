@@ -62,7 +62,8 @@ DECODE_TPS = Spec("kronk_decode_tokens_per_second", "histogram", "Decode speed o
 PREFILL_TPS = Spec("kronk_prefill_tokens_per_second", "histogram", "Prefill speed of one generation (prompt "
                    "tokens not reused / prefill time).", bounds=PREFILL_TOK_S)
 KV_USED = Spec("kronk_kv_cells_used", "gauge", "KV cache cells holding tokens (all slots of the replica).")
-KV_TOTAL = Spec("kronk_kv_cells_total", "gauge", "KV cache cells of the replica (slots x context per slot).")
+KV_TOTAL = Spec("kronk_kv_cells_total", "gauge", "KV cache cells of the replica (the shared pool, or slots x "
+                "context per slot with batch_invariant).")
 ACTIVE = Spec("kronk_active_sequences", "gauge", "Sequence slots prefilling or generating.")
 WAITING = Spec("kronk_waiting_sequences", "gauge", "Requests waiting for a free sequence slot.")
 SPEC_DRAFTED = Spec("kronk_spec_draft_tokens_total", "counter", "Speculative decoding: draft tokens verified "

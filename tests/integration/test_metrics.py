@@ -175,9 +175,9 @@ def test_metrics_endpoint_agrees_with_the_responses(app):
         assert value(s, "kronk_decode_tokens_per_second_count", context_bucket=bucket, **m) == n, bucket
     assert set(t["decode"]) == {"0-512", "512-2k"}
     assert value(s, "kronk_inter_token_latency_seconds_count", **m) == sum(t["decode"].values())
-    # gauges: two slots of 2048 cells; idle now
-    assert value(s, "kronk_kv_cells_total", **m) == 2 * 2048
-    assert 0 < value(s, "kronk_kv_cells_used", **m) <= 2 * 2048
+    # gauges: the two slots' shared pool of 4 x 2048 cells (kv_pool_tokens' default); idle now
+    assert value(s, "kronk_kv_cells_total", **m) == 4 * 2048
+    assert 0 < value(s, "kronk_kv_cells_used", **m) <= 2 * 2048  # each slot holds at most ctx_size
     assert value(s, "kronk_active_sequences", **m) == 0 and value(s, "kronk_waiting_sequences", **m) == 0
     # requests by endpoint and status (the 400 included), counted by the ingress
     req = "kronk_requests_total"
@@ -249,7 +249,7 @@ def test_stats_are_consistent_with_the_metrics(app):
         assert d["count"] == n and d["mean"] > 0
         assert d["p50"] == pytest.approx(quantile(s, "kronk_decode_tokens_per_second", 0.5, specs.DECODE_TPS.bounds,
                                                   context_bucket=bucket, **m), abs=0.01)
-    assert agg["kv"]["cells_total"] == value(s, "kronk_kv_cells_total", **m) == 4096
+    assert agg["kv"]["cells_total"] == value(s, "kronk_kv_cells_total", **m) == 4 * 2048
     assert agg["kv"]["cells_used"] == value(s, "kronk_kv_cells_used", **m)
     assert agg["active"] == 0 and agg["waiting"] == 0
 
