@@ -200,19 +200,22 @@ def test_gemma3_270m_is_read_as_llama_cpp_builds_it():
 
 
 # (model, slots, context per slot, KV type): 4096 and 16384 cells in all, f16 and q8_0, on both models.
-CASES = [(m, p, 4096, kv) for m in ("gemma", "smollm") for p in (1, 4) for kv in ("f16", "q8_0")]
+# (model, slots, ctx_size, KV type, batch_invariant): a KV stream per slot, and the default shared pool of 16
+# slots in 4 x ctx_size cells (with repacked weights)
+CASES = [(m, p, 4096, kv, True) for m in ("gemma", "smollm") for p in (1, 4) for kv in ("f16", "q8_0")]
+CASES += [(m, 16, 1024, "f16", False) for m in ("gemma", "smollm")]
 TOLERANCE = 0.15
 _KV_LOG = re.compile(r"KV buffer size =\s*([\d.]+) MiB")
 _PROMPT = "The lighthouse keeper climbed the stairs and counted every step aloud. " * 30
 
 
-def _config(model: str, parallel: int, ctx: int, kv: str) -> EngineConfig:
+def _config(model: str, parallel: int, ctx: int, kv: str, invariant: bool) -> EngineConfig:
     path = gemma_path() if model == "gemma" else smollm_path()
     # speculative off: its start-up probe (a 256-cell context, freed at once; kronk.engine.speculative
     # invariant_rows) would be logged as a KV allocation of the first case of each model; prompt lookup itself
     # allocates no KV, so the steady state is the same
     return EngineConfig(model_path=path, parallel=parallel, ctx_size=ctx, cache_type_k=kv, cache_type_v=kv,
-                        llama_log=True, speculative="off", batch_invariant=True)
+                        llama_log=True, speculative="off", batch_invariant=invariant)
 
 
 def measure(cases: list[tuple]) -> list[dict]:
@@ -270,7 +273,8 @@ def measured() -> list[tuple[dict, float]]:
     return [(r, sum(float(x) for x in _KV_LOG.findall(log)) * MiB) for r, log in zip(results, logs, strict=True)]
 
 
-@pytest.mark.parametrize("i", range(len(CASES)), ids=[f"{m}-{p}x{c}-{kv}" for m, p, c, kv in CASES])
+@pytest.mark.parametrize("i", range(len(CASES)),
+                         ids=[f"{m}-{p}x{c}-{kv}" + ("" if inv else "-pool") for m, p, c, kv, inv in CASES])
 def test_the_estimate_is_within_15_percent_of_the_measured_rss_growth(measured, i):
     (result, kv_logged), cfg = measured[i], _config(*CASES[i])
     est = estimate_for(cfg.model_path, cfg)
