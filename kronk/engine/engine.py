@@ -382,9 +382,7 @@ class LlamaEngine(Engine):
                     log.exception("could not start %s", job.request.request_id or "a request")
                     e = EngineError(f"could not start the request: {e}")
                     # how far _start got with the slot's KV is unknown: leave the slot empty
-                    llama_cpp.llama_memory_seq_rm(self.mem, best.id, 0, -1)
-                    best.cache.clear()
-                    best.exact = best.floor = 0
+                    self._clear(best)
                 if best.job is job:
                     self._release(best)  # frees the job's samplers too
                 else:
@@ -553,9 +551,7 @@ class LlamaEngine(Engine):
     def _restore(self, slot: Slot, tier: str, snap: Snapshot, n: int) -> int:
         """Load ``snap`` into ``slot``'s sequence (it replaces what the slot held): the tokens it gives the
         prompt, ``n``; 0 when llama.cpp refused the data (the slot is then empty and the snapshot dropped)."""
-        llama_cpp.llama_memory_seq_rm(self.mem, slot.id, 0, -1)
-        slot.cache.clear()
-        slot.exact = slot.floor = 0
+        self._clear(slot)
         size = len(snap.data)
         buf = ((ctypes.c_uint8 * size).from_buffer(snap.data) if isinstance(snap.data, bytearray)
                else (ctypes.c_uint8 * size).from_buffer_copy(snap.data))
@@ -1103,9 +1099,7 @@ class LlamaEngine(Engine):
             if s.job is not None:
                 s.job.push(err)
                 self._release(s)
-            llama_cpp.llama_memory_seq_rm(self.mem, s.id, 0, -1)
-            s.cache.clear()
-            s.exact = s.floor = 0
+            self._clear(s)
 
     def _estimate_kv_bytes_per_cell(self) -> float:
         m = self.model
